@@ -1,0 +1,232 @@
+"""Tiny models and data built from configs, for tests and `--tiny` runs (no model hub, seconds on a CPU).
+
+Everything is written to a directory so that YAML configs can point at it:
+
+    from swarmkern.testing import build_tiny_setup
+    setup = build_tiny_setup("/tmp/tiny")           # model, reward model, judge, 3 LoRA experts, datasets
+    setup.model_dir, setup.expert_dirs, setup.data["mc_dev"], ...
+
+Pieces: `char_tokenizer` (one token per character, via the `tokenizers` library wrapped in
+PreTrainedTokenizerFast), `build_tiny_causal_lm` (LlamaForCausalLM), `build_tiny_reward_model`
+(LlamaForSequenceClassification, 1 label), `build_tiny_judge` (a causal LM trained for a few seconds to
+answer "Rating: k/10"), `write_lora_experts` (K random PEFT LoRA adapter dirs for a model dir) and
+`write_tiny_datasets` (JSONL files in the formats of the built-in utilities).
+"""
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+CHARS = string.printable[:-2]  # printable ASCII plus "\t\n" (drops \r \x0b \x0c)
+
+
+def char_tokenizer(save_dir: str | os.PathLike | None = None):
+    """A character-level PreTrainedTokenizerFast: ids 0-3 are <pad> <s> </s> <unk>, then one id per
+    printable ASCII character. Encoding prepends <s>; decoding joins characters without spaces."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in CHARS:
+        vocab.setdefault(ch, len(vocab))
+    # A BPE model without merges splits a string into its characters; no pre-tokenizer keeps spaces.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="right")
+    if save_dir is not None:
+        fast.save_pretrained(str(save_dir))
+    return fast
+
+
+def tiny_llama_config(vocab_size: int, *, hidden_size: int = 32, num_layers: int = 4, num_heads: int = 4,
+                      num_kv_heads: int = 2, intermediate_size: int = 64, max_positions: int = 512, **extra):
+    """A LlamaConfig small enough to run a forward pass in milliseconds on a CPU."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                       num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                       num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **extra)
+
+
+def _init_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    """Deterministic, fairly large random weights so that particles give visibly different outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            elif "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def build_tiny_causal_lm(save_dir: str | os.PathLike, *, seed: int = 0, num_layers: int = 4,
+                         hidden_size: int = 32) -> Path:
+    """A random tiny LlamaForCausalLM plus its char tokenizer, saved to `save_dir` (returned)."""
+    from transformers import LlamaForCausalLM
+
+    save_dir = Path(save_dir).absolute()
+    tok = char_tokenizer(save_dir)
+    model = LlamaForCausalLM(tiny_llama_config(len(tok), num_layers=num_layers, hidden_size=hidden_size))
+    _init_weights(model, seed)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(str(save_dir))
+    return save_dir
+
+
+def build_tiny_reward_model(save_dir: str | os.PathLike, *, seed: int = 1) -> Path:
+    """A random tiny LlamaForSequenceClassification with one label (a reward model), saved with its tokenizer."""
+    from transformers import LlamaForSequenceClassification
+
+    save_dir = Path(save_dir).absolute()
+    tok = char_tokenizer(save_dir)
+    model = LlamaForSequenceClassification(tiny_llama_config(len(tok), num_layers=2, num_labels=1))
+    _init_weights(model, seed)
+    model.save_pretrained(str(save_dir))
+    return save_dir
+
+
+def build_tiny_judge(save_dir: str | os.PathLike, *, rating: int = 7, steps: int = 150, seed: int = 2) -> Path:
+    """A tiny causal LM trained (a few seconds on a CPU) to continue any text ending in "Rating:" with
+    " {rating}/10" and then </s>, so judge utilities can be tested end to end with a known answer."""
+    from transformers import LlamaForCausalLM
+
+    save_dir = Path(save_dir).absolute()
+    tok = char_tokenizer(save_dir)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(len(tok), num_layers=2, hidden_size=48))
+    answer = f" {rating}/10"
+    gen = torch.Generator().manual_seed(seed)
+    alphabet = string.ascii_letters + string.digits + " .,?\n"
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        texts = []
+        for _ in range(16):
+            n = int(torch.randint(0, 40, (1,), generator=gen))
+            idx = torch.randint(0, len(alphabet), (n,), generator=gen).tolist()
+            texts.append("".join(alphabet[i] for i in idx) + "\nRating:")
+        enc = [tok(t)["input_ids"] for t in texts]
+        ans = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        width = max(len(e) for e in enc) + len(ans)
+        ids = torch.full((len(enc), width), tok.pad_token_id)
+        labels = torch.full((len(enc), width), -100)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for i, e in enumerate(enc):
+            seq = e + ans
+            ids[i, :len(seq)] = torch.tensor(seq)
+            labels[i, len(e):len(seq)] = torch.tensor(ans)
+            mask[i, :len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(str(save_dir))
+    return save_dir
+
+
+def write_lora_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike, k: int = 3, *, r: int = 4,
+                       lora_alpha: float = 8, target_modules: Sequence[str] = ("q_proj", "v_proj"),
+                       layers_to_transform: Sequence[int] | None = None, use_rslora: bool = False,
+                       std: float = 0.3, seed: int = 0) -> list[Path]:
+    """Write `k` PEFT LoRA adapter dirs (out_dir/expert_0 ...) for the causal LM in `model_dir`, with
+    random A and B (both nonzero, so every expert changes the model). Returns the adapter dirs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir).absolute()
+    paths = []
+    for i in range(k):
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        cfg = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules),
+                         layers_to_transform=list(layers_to_transform) if layers_to_transform else None,
+                         use_rslora=use_rslora, lora_dropout=0.0, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(base, cfg)
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        path = out_dir / f"expert_{i}"
+        peft_model.save_pretrained(str(path))
+        paths.append(path)
+    return paths
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def write_tiny_datasets(out_dir: str | os.PathLike, *, n_dev: int = 6, n_test: int = 6,
+                        seed: int = 0) -> dict[str, Path]:
+    """Small arithmetic datasets in the formats of the built-in utilities. Keys: mc_dev, mc_test
+    ({"question", "choices", "answer"}), qa_dev, qa_test ({"prompt", "answer"}), prompts_dev,
+    prompts_test ({"prompt"}, for the reward-model and judge utilities)."""
+    out_dir = Path(out_dir).absolute()
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(n: int) -> list[tuple[int, int]]:
+        return [tuple(torch.randint(1, 20, (2,), generator=gen).tolist()) for _ in range(n)]
+
+    files = {}
+    for split, n in (("dev", n_dev), ("test", n_test)):
+        pairs = draw(n)
+        mc = []
+        for a, b in pairs:
+            right = a + b
+            wrong = sorted({right + 1, right - 1, right + 10} - {right})[:3]
+            choices = [str(c) for c in wrong] + [str(right)]
+            order = torch.randperm(len(choices), generator=gen).tolist()
+            choices = [choices[j] for j in order]
+            mc.append({"question": f"What is {a}+{b}?", "choices": choices,
+                       "answer": choices.index(str(right))})
+        files[f"mc_{split}"] = _write_jsonl(out_dir / f"mc_{split}.jsonl", mc)
+        files[f"qa_{split}"] = _write_jsonl(out_dir / f"qa_{split}.jsonl",
+                                            [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs])
+        files[f"prompts_{split}"] = _write_jsonl(out_dir / f"prompts_{split}.jsonl",
+                                                 [{"prompt": f"Tell me about {a} and {b}."} for a, b in pairs])
+    return files
+
+
+@dataclass
+class TinySetup:
+    """Paths written by `build_tiny_setup`."""
+    root: Path
+    model_dir: Path
+    expert_dirs: list[Path]
+    reward_dir: Path | None = None
+    judge_dir: Path | None = None
+    data: dict[str, Path] = field(default_factory=dict)
+
+
+def build_tiny_setup(root: str | os.PathLike, *, k: int = 3, reward: bool = True, judge: bool = True,
+                     layers_to_transform: Sequence[int] | None = (2, 3), seed: int = 0) -> TinySetup:
+    """Everything a tiny end-to-end run needs, under `root`: model/, experts/expert_*/, reward/, judge/,
+    data/*.jsonl. Experts adapt q_proj and v_proj of the top two layers (so shared-prefix evaluation
+    is exercised)."""
+    root = Path(root).absolute()
+    model_dir = build_tiny_causal_lm(root / "model", seed=seed)
+    experts = write_lora_experts(model_dir, root / "experts", k, layers_to_transform=layers_to_transform,
+                                 seed=seed)
+    return TinySetup(root=root, model_dir=model_dir, expert_dirs=experts,
+                     reward_dir=build_tiny_reward_model(root / "reward") if reward else None,
+                     judge_dir=build_tiny_judge(root / "judge") if judge else None,
+                     data=write_tiny_datasets(root / "data", seed=seed))
