@@ -1,0 +1,334 @@
+"""The particle-evaluation engine shared by LoRA and full-weight particles.
+
+A `ParticleEvaluator` runs one causal LM for many particles at once. Batches are *particle-major*:
+with Pb particles bound and n examples, row p*n + i of every activation is example i under particle p,
+so an adapter can reshape [Pb*n, T, h] -> [Pb, n*T, h] and use one batched matmul, no gather.
+
+Two primitives serve every utility:
+- `loglikelihood(rows, requests)`: sum of log p(continuation | context) per particle and request;
+  log-probabilities are computed only at the scored positions (the LM head never sees the rest).
+- `generate(rows, prompts, ...)`: greedy decoding with the KV cache, stop strings and EOS.
+
+Memory is bounded by `micro_batch` (rows of one forward pass = particles x examples). Subclasses say
+how to bind particle rows (`_bind`) and may share the layers below the first adapted layer across
+particles (`shared_layers`): those run once on the n examples, then a pre-hook on the first adapted
+layer repeats the hidden states (and the per-example masks / rotary tables) for each particle.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ParticleEvaluator", "Requests", "encode_requests"]
+
+
+@dataclass
+class Requests:
+    """Tokenised (context, continuation) pairs, made once per dataset by `encode_requests`.
+    ids[e]: context + continuation token ids; n_cont[e]: how many trailing ids are scored."""
+    ids: list[list[int]]
+    n_cont: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_requests(tokenizer, contexts: Sequence[str], continuations: Sequence[str], *,
+                    max_length: int | None = None) -> Requests:
+    """Tokenise pairs (the context with the tokenizer's special tokens, the continuation without);
+    contexts are cut from the left when context + continuation exceeds `max_length`."""
+    if len(contexts) != len(continuations):
+        raise ValueError("encode_requests: contexts and continuations differ in length")
+    ctx_ids = tokenizer(list(contexts), add_special_tokens=True)["input_ids"]
+    cont_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+    ids, n_cont = [], []
+    for c, k in zip(ctx_ids, cont_ids):
+        if not k:
+            raise ValueError(f"encode_requests: continuation tokenises to nothing (context {tokenizer.decode(c)!r})")
+        seq = list(c) + list(k)
+        if max_length is not None and len(seq) > max_length:
+            if len(k) >= max_length:
+                raise ValueError(f"encode_requests: continuation of {len(k)} tokens exceeds max_length={max_length}")
+            seq = seq[len(seq) - max_length:]
+        ids.append(seq)
+        n_cont.append(len(k))
+    return Requests(ids, n_cont)
+
+
+class _Runner(nn.Module):
+    """Decoder + LM head at selected positions only. A module (not a function) so that full-weight
+    particles can swap its parameters with torch.func.functional_call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.decoder = None  # resolved lazily: get_decoder() is not defined for every class
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                cache, select: torch.Tensor | None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [M, V] at flat positions `select` (indices into B*T), or at the
+        last position of every row ([B', V]) when select is None. B' may exceed B (prefix sharing)."""
+        decoder = self.model.get_decoder()
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                  "use_cache": cache is not None}
+        if cache is not None:
+            kwargs[_cache_kwarg(decoder)] = cache
+        hidden = decoder(**kwargs)[0]
+        flat = hidden[:, -1] if select is None else hidden.reshape(-1, hidden.shape[-1]).index_select(0, select)
+        logits = self.model.get_output_embeddings()(flat)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class ParticleEvaluator:
+    """Base class: evaluates a causal LM under Pb particle rows at a time (or under no particle:
+    rows=None runs the plain model, e.g. for an LLM judge).
+
+    Subclasses implement `_bind(rows)` (a context manager routing batch rows to particles) and may set
+    `shared_layers` = (ModuleList, first adapted index) to share the layers below across particles,
+    and `max_particles` (1 for full-weight particles).
+    """
+    shared_layers: tuple[nn.ModuleList, int] | None = None
+    max_particles: int | None = None
+
+    def __init__(self, model: nn.Module, tokenizer, *, share_prefix: bool = True):
+        from .models import check_vocab
+
+        check_vocab(tokenizer, model, "evaluator")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.runner = _Runner(model)
+        self.share_prefix = share_prefix
+        self._expand: tuple[int, int] | None = None  # (n, Pb) while a shared-prefix pass runs
+        self._memo: dict[int, torch.Tensor] = {}
+        self._hooks: list = []
+        self._token_text: dict[int, str] = {}
+
+    # -- binding -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def _bind(self, rows: torch.Tensor) -> Iterator[None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _call(self, rows: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        """One forward pass of the runner under the bound rows (full weights override this)."""
+        return self.runner(**kwargs)
+
+    def _install_prefix_hooks(self) -> None:
+        if self._hooks or self.shared_layers is None:
+            return
+        layers, first = self.shared_layers
+        for layer in layers[first:]:
+            self._hooks.append(layer.register_forward_pre_hook(self._expand_hook, with_kwargs=True))
+
+    def _expand_hook(self, module, args, kwargs):
+        """Repeat per-example tensors [n, ...] to [Pb*n, ...] (particle-major) at the adapted layers."""
+        if self._expand is None:
+            return None
+        n, pb = self._expand
+
+        def rep(x):
+            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == n:
+                key = id(x)
+                if key not in self._memo:
+                    self._memo[key] = x.repeat(pb, *([1] * (x.dim() - 1)))
+                return self._memo[key]
+            if isinstance(x, tuple):
+                return tuple(rep(y) for y in x)
+            return x
+
+        return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
+
+    def _particle_chunks(self, P: int, micro_batch: int) -> list[tuple[int, int]]:
+        pb = min(P, micro_batch, self.max_particles or P)
+        return [(s, min(s + pb, P)) for s in range(0, P, pb)]
+
+    # -- log-likelihood ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def loglikelihood(self, rows: torch.Tensor | None, requests: Requests, *,
+                      micro_batch: int = 64) -> torch.Tensor:
+        """Sum of log p(continuation | context) for every particle and request: [P, E] float64
+        (P = 1 when rows is None). rows [P, D] are row views of the swarm buffer."""
+        P = 1 if rows is None else rows.shape[0]
+        E = len(requests)
+        out = torch.empty(P, E, dtype=torch.float64)
+        order = sorted(range(E), key=lambda e: len(requests.ids[e]))  # similar lengths share a batch
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            pb = p1 - p0
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // pb)
+            with self._bound(sub):
+                for s in range(0, E, n):
+                    idx = order[s:s + n]
+                    out[p0:p1, idx] = self._loglik_batch(sub, pb, [requests.ids[e] for e in idx],
+                                                         [requests.n_cont[e] for e in idx])
+        return out
+
+    def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
+        n, T = len(seqs), max(len(s) for s in seqs)
+        dev = self.device
+        ids = torch.full((n, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, T), dtype=torch.long)
+        for i, s in enumerate(seqs):  # right padding: real tokens keep positions 0..len-1
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        # positions predicting each scored token, and the tokens themselves
+        pos, tgt, seg = [], [], []
+        for i, (s, k) in enumerate(zip(seqs, n_cont)):
+            pos.extend(range(i * T + len(s) - k - 1, i * T + len(s) - 1))
+            tgt.extend(s[len(s) - k:])
+            seg.extend([i] * k)
+        pos_t, tgt_t, seg_t = (torch.tensor(v, device=dev) for v in (pos, tgt, seg))
+        shared = self._sharing(pb)
+        # flat positions for every particle: particle p's copy of row i is batch row p*n + i
+        sel = (torch.arange(pb, device=dev)[:, None] * (n * T) + pos_t[None]).reshape(-1)
+        ids, mask = ids.to(dev), mask.to(dev)
+        if not shared and pb > 1:
+            ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self._expanding(n if shared else None, pb):
+            logits = self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                cache=None, select=sel)
+        logp = torch.log_softmax(logits, -1).gather(-1, tgt_t.repeat(pb)[:, None])[:, 0].double()
+        seg_all = (torch.arange(pb, device=dev)[:, None] * n + seg_t[None]).reshape(-1)
+        res = torch.zeros(pb * n, dtype=torch.float64, device=dev).index_add_(0, seg_all, logp)
+        return res.view(pb, n).cpu()
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, rows: torch.Tensor | None, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 stop: Sequence[str] = (), micro_batch: int = 64) -> list[list[str]]:
+        """Greedy continuations of tokenised prompts: texts [P][E] (special tokens removed, cut at the
+        first stop string). Uses the KV cache; stops early when every row hit EOS or a stop string."""
+        P = 1 if rows is None else rows.shape[0]
+        E = len(prompts)
+        out: list[list[str]] = [[""] * E for _ in range(P)]
+        order = sorted(range(E), key=lambda e: len(prompts[e]))
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            pb = p1 - p0
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // pb)
+            with self._bound(sub):
+                for s in range(0, E, n):
+                    idx = order[s:s + n]
+                    texts = self._generate_batch(sub, pb, [list(prompts[e]) for e in idx], max_new_tokens, stop)
+                    for p in range(pb):
+                        for j, e in enumerate(idx):
+                            out[p0 + p][e] = texts[p * len(idx) + j]
+        return out
+
+    def _generate_batch(self, rows, pb: int, prompts: list[list[int]], max_new: int,
+                        stop: Sequence[str]) -> list[str]:
+        from transformers import DynamicCache
+
+        dev, tok = self.device, self.tokenizer
+        n, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((n, T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, T), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token is at position T
+            ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, T - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        cache = DynamicCache(config=self.model.config)
+        shared = self._sharing(pb) and hasattr(cache, "layers")
+        if not shared and pb > 1:
+            ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self._expanding(n if shared else None, pb):
+            logits = self._call(rows, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, select=None)
+        if shared and pb > 1:
+            # the layers below the first adapted one cached n rows: repeat them for each particle
+            _, first = self.shared_layers
+            for layer in cache.layers[:first]:
+                layer.keys = layer.keys.repeat(pb, 1, 1, 1)
+                layer.values = layer.values.repeat(pb, 1, 1, 1)
+            mask = mask.repeat(pb, 1)
+            pos = pos.repeat(pb, 1)
+        B = pb * n
+        eos = set(_as_list(tok.eos_token_id) + _as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        generated = torch.full((B, max_new), tok.pad_token_id, dtype=torch.long)
+        done = torch.zeros(B, dtype=torch.bool)
+        last = pos[:, -1:]
+        lengths = torch.zeros(B, dtype=torch.long)
+        stop_chars = {s[-1] for s in stop if s}
+        for step in range(max_new):
+            nxt = logits.argmax(-1).cpu()
+            nxt[done] = tok.pad_token_id
+            generated[:, step] = nxt
+            lengths[~done] += 1
+            for b in (~done).nonzero()[:, 0].tolist():
+                t = int(nxt[b])
+                if t in eos:
+                    done[b] = True
+                    lengths[b] -= 1
+                elif stop_chars and any(c in self._piece(t) for c in stop_chars):
+                    text = tok.decode(generated[b, :lengths[b]], skip_special_tokens=True)
+                    if any(s in text for s in stop):
+                        done[b] = True
+            if bool(done.all()) or step == max_new - 1:
+                break
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], 1)
+            last = last + 1
+            logits = self._call(rows, input_ids=nxt[:, None].to(dev), attention_mask=mask, position_ids=last,
+                                cache=cache, select=None)
+        texts = tok.batch_decode([generated[b, :lengths[b]] for b in range(B)], skip_special_tokens=True)
+        return [_cut(t, stop) for t in texts]
+
+    def _piece(self, token: int) -> str:
+        if token not in self._token_text:
+            self._token_text[token] = self.tokenizer.decode([token])
+        return self._token_text[token]
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _sharing(self, pb: int) -> bool:
+        return self.share_prefix and self.shared_layers is not None and pb > 1
+
+    @contextlib.contextmanager
+    def _bound(self, rows: torch.Tensor | None) -> Iterator[None]:
+        if rows is None:
+            yield
+            return
+        if rows.device != self.device:
+            rows = rows.to(self.device)
+        with self._bind(rows):
+            yield
+
+    @contextlib.contextmanager
+    def _expanding(self, n: int | None, pb: int) -> Iterator[None]:
+        if n is not None:
+            self._install_prefix_hooks()
+        self._expand = (n, pb) if n is not None else None
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._expand = None
+            self._memo = {}
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [int(x)]
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
+

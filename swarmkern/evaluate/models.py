@@ -1,0 +1,112 @@
+"""Local models and tokenizers, loaded once per process and cached (the search evaluates thousands of
+particles with one base model; reloading it per evaluation is what made the reference code slow).
+
+Every loader takes a local directory (never a hub id) and returns an eval-mode model whose parameters
+do not require gradients. Cache keys are (kind, resolved path, dtype, device).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["resolve_device", "resolve_dtype", "load_tokenizer", "load_causal_lm", "load_reward_model",
+           "check_vocab", "clear_cache", "ModelLoadError"]
+
+_CACHE: dict[tuple, Any] = {}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer directory is missing, unreadable or does not fit its partner."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the first CUDA device when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _local_dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"{what}: {p} is not a local directory (models are never downloaded)")
+    if not (p / "config.json").is_file() and what != "tokenizer":
+        raise ModelLoadError(f"{what}: {p} has no config.json (not a transformers model directory)")
+    return p.resolve()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A tokenizer from a local directory (cached). Gets a pad token (eos) when it has none."""
+    from transformers import AutoTokenizer
+
+    p = _local_dir(path, "tokenizer")
+    key = ("tokenizer", str(p))
+    if key not in _CACHE:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"tokenizer: cannot load from {p}: {err}") from None
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        _CACHE[key] = tok
+    return _CACHE[key]
+
+
+def _load(kind: str, cls_name: str, path, dtype, device):
+    import transformers
+
+    p = _local_dir(path, kind)
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    key = (kind, str(p), dtype, str(device))
+    if key not in _CACHE:
+        cls = getattr(transformers, cls_name)
+        try:
+            model = cls.from_pretrained(str(p), dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{kind}: cannot load {cls_name} from {p}: {err}") from None
+        model.to(device).eval()
+        model.requires_grad_(False)
+        _CACHE[key] = model
+    return _CACHE[key]
+
+
+def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+                   device: str | torch.device = "auto"):
+    """An AutoModelForCausalLM from a local directory, in `dtype` on `device` (cached per process)."""
+    return _load("model", "AutoModelForCausalLM", path, dtype, device)
+
+
+def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+                      device: str | torch.device = "auto"):
+    """An AutoModelForSequenceClassification with exactly one label (a scalar reward), cached."""
+    model = _load("reward_model", "AutoModelForSequenceClassification", path, dtype, device)
+    if model.config.num_labels != 1:
+        raise ModelLoadError(f"reward_model: {path} has {model.config.num_labels} labels; a reward model "
+                             "must have exactly one (num_labels=1)")
+    return model
+
+
+def check_vocab(tokenizer, model, what: str) -> None:
+    """Raise ModelLoadError when the tokenizer can produce ids the model has no embedding for."""
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise ModelLoadError(f"{what}: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has {len(tokenizer)} "
+                             f"tokens but the model's embedding has only {n_embed} rows (tokenizer/model mismatch)")
+
+
+def clear_cache() -> None:
+    """Forget every cached model and tokenizer (tests; freeing memory between runs)."""
+    _CACHE.clear()
