@@ -1,0 +1,80 @@
+"""SwarmConfig: every knob of the search, validated and documented (defaults = the reference code)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SwarmConfig(BaseModel):
+    """Hyperparameters of one Model Swarms search (see docs/ALGORITHM.md; defaults follow the
+    authors' reference code, the paper's variants are options). Frozen: derive changed copies with
+    `config.model_copy(update={...})`."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- population ---------------------------------------------------------------------------
+    n_particles: int | None = Field(None, ge=2, description=(
+        "Populate the swarm by crossover to this many particles (the reference scripts: 20 from 10 "
+        "experts). None: the experts (and the base, with include_base) are the particles."))
+    crossover_weight: tuple[float, float] = Field((0.0, 2.0), description=(
+        "Range of w1 for children w1*a + (1-w1)*b: (0, 2) is half interpolation, half extrapolation."))
+    include_base: bool = Field(False, description=(
+        "Add the base model itself as a particle (an all-zero expert: LoRA adapters only make sense "
+        "here). Lets the swarm leave the affine hull of the experts (see LESSONS.md)."))
+    velocity_init: Literal["random", "zero", "best"] = Field("random", description=(
+        "random: v_i = x_j - x_i for a random j != i; zero; best: v_i = g - x_i after the first "
+        "evaluation."))
+
+    # -- the update -----------------------------------------------------------------------------
+    phi_v: float = Field(0.4, ge=0, description="Inertia weight.")
+    phi_p: float = Field(0.3, ge=0, description="Cognitive weight (pull to the personal best).")
+    phi_g: float = Field(0.3, ge=0, description="Social weight (pull to the global best).")
+    phi_w: float = Field(0.3, ge=0, description="Repel weight (push away from the global worst).")
+    repel: bool = Field(True, description="Use the repel term (off: its weight is 0).")
+    randomness: Literal["particle", "element", "off"] = Field("particle", description=(
+        "particle: four factors r ~ U(r_range) per particle per iteration, shared by all its weights "
+        "(reference); element: independent factors per weight (classic PSO, drawn inside the kernel); "
+        "off: all factors 1."))
+    r_range: tuple[float, float] = Field((0.0, 1.0), description="Range of the random factors r.")
+    step: float = Field(1.0, gt=0, description="Initial step length lambda: x <- x + lambda * v.")
+    step_factor: float = Field(0.95, gt=0, description="lambda <- max(lambda * step_factor, min_step) after each iteration.")
+    min_step: float = Field(0.1, ge=0, description="Floor of the step length.")
+
+    # -- stopping and restarts ------------------------------------------------------------------
+    max_iters: int = Field(200, ge=0, description="Stop after this many iterations (paper text: 50).")
+    patience: int = Field(10, ge=1, description="Stop when the global best utility has not changed for this long.")
+    patience_mode: Literal["reference", "iterations"] = Field("reference", description=(
+        "reference: stop when the last `patience` recorded global-best utilities (initial one "
+        "included) are equal, i.e. after patience-1 iterations without change (the reference code); "
+        "iterations: after `patience` iterations without change (the paper's wording)."))
+    restart: bool = Field(True, description="Restart stray particles: x <- pbest, v <- 0.")
+    restart_patience: float = Field(0.67, gt=0, description=(
+        "A particle restarts (before its update) once its personal best is restart_patience * "
+        "patience evaluations old, counting the evaluation that found it (reference code); it keeps "
+        "restarting each iteration until it improves."))
+
+    # -- speed ------------------------------------------------------------------------------------
+    drop_k: float = Field(0.0, ge=0, le=1, description="dropK: probability of skipping a whole iteration's evaluation.")
+    drop_n: float = Field(0.0, ge=0, le=1, description="dropN: probability of skipping one particle's evaluation.")
+    batch_size: int | None = Field(None, ge=1, description="Most particles per utility call (None: all at once).")
+
+    # -- execution --------------------------------------------------------------------------------
+    seed: int = Field(0, ge=0, lt=2 ** 64, description="Key of every random draw (Philox counter-based).")
+    backend: str | None = Field(None, description="Kernel backend for ops.pso_step_ (None: fastest available).")
+    device: str = Field("cpu", description="Device of the swarm buffers (cpu, cuda, cuda:1, ...).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "Storage dtype of the swarm buffers (math is fp32): auto = the experts' own float dtype."))
+    checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N iterations (0: never; needs an output dir).")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SwarmConfig":
+        lo, hi = self.r_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"r_range: need 0 <= lo <= hi, got {list(self.r_range)}")
+        a, b = self.crossover_weight
+        if a > b:
+            raise ValueError(f"crossover_weight: need lo <= hi, got {list(self.crossover_weight)}")
+        if self.min_step > self.step:
+            raise ValueError(f"min_step: {self.min_step} is above step {self.step}")
+        return self

@@ -1,0 +1,531 @@
+"""The Model Swarms search loop (docs/ALGORITHM.md), generic over any flat tensor and any utility.
+
+    swarm = Swarm(SwarmConfig(...), pool_or_points, utility, test_utility=None, output_dir=None)
+    result = swarm.run()                              # SwarmResult
+    result = Swarm.resume(output_dir, utility).run()  # after a crash: bit-identical continuation
+
+A utility is any callable f(particles [B, D]) -> B floats (higher is better). The search passes row
+views of its own x buffer (a gathered copy only when some particles are skipped) and as many
+particles per call as it can (`batch_size` caps it). NaN/inf count as -inf (the worst possible),
+are counted and reported. This module never imports transformers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from swarmkern import ops
+from swarmkern.flat import ExpertPool, load_experts, save_expert
+
+from . import checkpoint as ckpt
+from . import outputs
+from .collective import Collective, LocalCollective
+from .config import SwarmConfig
+from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
+                         uniforms)
+from .state import STATE_VERSION, Bookkeeping, SwarmBuffers
+
+Utility = Callable[[torch.Tensor], Any]
+EXPERTS_JSON = "experts.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SwarmResult:
+    """The outcome of a search. `best` is the global best location [D] (a copy)."""
+    best: torch.Tensor
+    best_utility: float
+    best_index: int
+    best_origin: dict[str, Any]
+    iterations: int
+    stop_reason: str
+    summary: dict[str, Any]
+    output_dir: Path | None
+    best_path: Path | None = None
+
+
+class Swarm:
+    """A particle swarm over the rows of one [P, D] buffer (see the module docstring).
+
+    init: an ExpertPool, a [K, D] tensor of starting points, or a list of expert sources for
+    `load_experts`. With `output_dir`, the run writes checkpoints, history.jsonl, summary.json,
+    utilities.png and the exported best there.
+    """
+
+    def __init__(self, config: SwarmConfig, init: ExpertPool | torch.Tensor | Sequence[Any], utility: Utility,
+                 test_utility: Utility | None = None, output_dir: str | Path | None = None, *,
+                 collective: Collective | None = None, overwrite: bool = False):
+        self.config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
+        self.pool = init if isinstance(init, ExpertPool) else load_experts(init)
+        self.utility = utility
+        self.test_utility = test_utility
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.collective = collective or LocalCollective()
+        self.device = torch.device(self.config.device)
+        self.dtype = self.pool.dtype if self.config.dtype == "auto" else _DTYPES[self.config.dtype]
+        self.coef_weights, self.origins = self._population()
+        self.n_particles = self.coef_weights.shape[0]
+        self.buffers: SwarmBuffers | None = None
+        self.book: Bookkeeping | None = None
+        self.history: list[dict[str, Any]] = []
+        self._session_start = time.perf_counter()
+        self._wall_base = 0.0
+        self._last_checkpoint_s = 0.0
+        if self.output_dir is not None and self.collective.rank == 0:
+            if ckpt.has_checkpoint(self.output_dir) and not overwrite:
+                raise FileExistsError(f"{self.output_dir}: already holds a run; resume it "
+                                      "(swarmkern resume / Swarm.resume) or pass overwrite=True")
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                _clear_run(self.output_dir)
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.pool.layout.numel
+
+    @property
+    def best(self) -> torch.Tensor:
+        """The global best location [D] (a view of its personal-best row)."""
+        self._require_started()
+        return self.buffers.gbest
+
+    @property
+    def best_utility(self) -> float:
+        self._require_started()
+        return self.book.u_gbest
+
+    def run(self) -> SwarmResult:
+        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs."""
+        from tqdm.auto import tqdm
+
+        if self.book is None:
+            self._initialise()
+        cfg = self.config
+        bar = tqdm(total=cfg.max_iters, initial=self.book.iteration, unit="it", desc="swarm", leave=False,
+                   disable=not cfg.progress or self.collective.rank != 0, dynamic_ncols=True)
+        try:
+            while True:
+                reason = self._stop_reason()
+                if reason is not None:
+                    self.book.stop_reason = reason
+                    break
+                self._iterate()
+                bar.update(1)
+                bar.set_postfix(best=f"{self.book.u_gbest:.4g}", step=f"{self.book.step:.3g}")
+        finally:
+            bar.close()
+        return self._finish()
+
+    @classmethod
+    def resume(cls, output_dir: str | Path, utility: Utility, test_utility: Utility | None = None, *,
+               collective: Collective | None = None, pool: ExpertPool | None = None) -> "Swarm":
+        """A Swarm restored from the latest checkpoint in `output_dir`; `.run()` continues it and ends
+        exactly where the uninterrupted run would have (same buffers, same history)."""
+        output_dir = Path(output_dir)
+        collective = collective or LocalCollective()
+        tensors, state = ckpt.load_checkpoint(output_dir, collective.rank)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
+        config = SwarmConfig.model_validate(state["config"])
+        if pool is None:
+            pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
+        self = cls.__new__(cls)
+        self.config, self.pool, self.utility, self.test_utility = config, pool, utility, test_utility
+        self.output_dir, self.collective = output_dir, collective
+        self.device = torch.device(config.device)
+        self.dtype = getattr(torch, state["dtype"])
+        self.coef_weights, self.origins = self._population()
+        self.n_particles = self.coef_weights.shape[0]
+        self.book = Bookkeeping.from_json(state["book"])
+        if self.book.n_particles != self.n_particles:
+            raise ValueError(f"{output_dir}: checkpoint has {self.book.n_particles} particles, config gives {self.n_particles}")
+        self.buffers = SwarmBuffers(collective.owned(self.n_particles), self.dim, self.dtype, self.device)
+        self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
+        self._point_gbest()
+        self._session_start = time.perf_counter()
+        self._wall_base = self.book.wall_seconds
+        self._last_checkpoint_s = 0.0
+        if collective.rank == 0:
+            outputs.truncate_history(output_dir, self.book.history_bytes)
+        self.history = outputs.read_history(output_dir)
+        return self
+
+    def export_best(self, path: str | Path) -> Path:
+        """Write the global best in the experts' own format (PEFT adapter dir or .safetensors)."""
+        self._require_started()
+        return save_expert(self.pool, self.buffers.gbest, path,
+                           metadata={"swarmkern_utility": repr(self.book.u_gbest)})
+
+    # -- population ------------------------------------------------------------------------------
+    def _population(self) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Every particle as float64 weights over the K experts [P, K]: experts (identity rows), the
+        base (a zero row, with include_base) and crossover children w1*a + (1-w1)*b of two distinct
+        particles drawn among all before it, w1 ~ U(crossover_weight)."""
+        cfg, K = self.config, len(self.pool)
+        rows = [torch.eye(K, dtype=torch.float64)[k] for k in range(K)]
+        origins: list[dict[str, Any]] = [{"kind": "expert", "name": n} for n in self.pool.names]
+        if cfg.include_base:
+            rows.append(torch.zeros(K, dtype=torch.float64))
+            origins.append({"kind": "base", "name": "base"})
+        n_start = len(rows)
+        target = cfg.n_particles if cfg.n_particles is not None else n_start
+        if target < n_start:
+            raise ValueError(f"swarm.n_particles: {target} is fewer than the {n_start} starting particles")
+        if target > n_start and n_start < 2:
+            raise ValueError("swarm.n_particles: crossover needs at least 2 starting particles")
+        lo, hi = cfg.crossover_weight
+        for c in range(n_start, target):
+            u = uniforms(cfg.seed, Purpose.CROSSOVER, [c], 0)[0].tolist()
+            a, b = distinct_pair(u[0], u[1], c)
+            w1 = lo + (hi - lo) * u[2]
+            rows.append(w1 * rows[a] + (1.0 - w1) * rows[b])
+            origins.append({"kind": "child", "name": f"child_{c - n_start}", "parents": [a, b], "w1": w1})
+        if len(rows) < 2 and cfg.velocity_init == "random":
+            raise ValueError("swarm.velocity_init: 'random' needs at least 2 particles")
+        return torch.stack(rows), origins
+
+    # -- initialisation ----------------------------------------------------------------------------
+    def _initialise(self) -> None:
+        cfg, coll = self.config, self.collective
+        P = self.n_particles
+        owned = coll.owned(P)
+        buf = SwarmBuffers(owned, self.dim, self.dtype, self.device)
+        self.buffers = buf
+        own = list(owned)
+        targets = [(buf.x, self.coef_weights[own])]
+        if cfg.velocity_init == "random":
+            # v_i = x_j - x_i in expert coordinates, so that no process needs another's rows.
+            u = uniforms(cfg.seed, Purpose.VELOCITY_PARTNER, own, 0)[:, 0].tolist()
+            partners = [other_index(ui, i, P) for ui, i in zip(u, own)]
+            targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
+        self.pool.fill(targets, backend=cfg.backend)
+        buf.pbest.copy_(buf.x)
+
+        t0 = time.perf_counter()
+        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, set())
+        eval_s = time.perf_counter() - t0
+        nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
+        book = Bookkeeping(n_particles=P, step=cfg.step, u_now=list(u), u_pbest=list(u), since_best=[1] * P,
+                           origins=self.origins, initial_utilities=list(u))
+        book.gbest_index = max(range(P), key=lambda i: (u[i], -i))  # first best
+        book.g_history = [u[book.gbest_index]]
+        book.nonfinite_total = nonfinite
+        book.nonfinite_rows_total = len(bad_rows)
+        book.evaluations_total = P
+        self.book = book
+        self._point_gbest()
+        worst = self._new_worst(u, float("inf"), first=True, exclude=bad_rows)
+        if worst is not None:
+            book.gworst_index, book.u_worst = worst
+            self._copy_worst(worst[0])
+        else:  # every location is non-finite: nothing sensible to repel from
+            buf.gworst.copy_(buf.x[0])
+        if cfg.velocity_init == "best":
+            torch.sub(buf.gbest.unsqueeze(0), buf.x, out=buf.v)
+        if self.test_utility is not None:
+            starters = [i for i, o in enumerate(self.origins) if o["kind"] != "child"]
+            local = torch.tensor([i - owned.start for i in starters if i in owned], dtype=torch.long)
+            vals, _, _ = self._evaluate(self.test_utility, local)
+            full = torch.full((len(owned),), math.nan, dtype=torch.float64)
+            if len(local):
+                full[local] = vals
+            gathered = coll.all_gather_scores(full, P).tolist()
+            book.initial_test_utilities = [gathered[i] for i in starters]
+        if self.output_dir is not None and coll.rank == 0:
+            ckpt.atomic_write_json(self.output_dir / EXPERTS_JSON, self.pool.describe(), indent=2)
+            outputs.truncate_history(self.output_dir, 0)
+        self._record(0, cfg.step, restarts=[], skipped=[], improved=list(range(P)), nonfinite=nonfinite,
+                     timings={"evaluate_s": eval_s})
+        self._checkpoint()
+
+    # -- one iteration -------------------------------------------------------------------------------
+    def _stop_reason(self) -> str | None:
+        cfg, book = self.config, self.book
+        if book.iteration >= cfg.max_iters:
+            return "max_iters"
+        window = cfg.patience if cfg.patience_mode == "reference" else cfg.patience + 1
+        hist = book.g_history
+        if len(hist) > cfg.patience and len(hist) >= window and len(set(hist[-window:])) == 1:
+            return "patience"
+        return None
+
+    def _iterate(self) -> None:
+        cfg, book, buf, coll = self.config, self.book, self.buffers, self.collective
+        P, owned = self.n_particles, buf.owned
+        t = book.iteration + 1
+        step = book.step
+        t0 = time.perf_counter()
+
+        # Stray particles restart from their personal best with zero velocity, before the update.
+        restarts = [i for i in range(P)
+                    if cfg.restart and book.since_best[i] >= cfg.restart_patience * cfg.patience]
+        for i in restarts:
+            r = buf.local(i)
+            if r is not None:
+                buf.x[r].copy_(buf.pbest[r])
+                buf.v[r].zero_()
+
+        phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0], dtype=torch.float64)
+        if cfg.randomness == "element":
+            ops.pso_step_random_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst,
+                                 phi.to(torch.float32).expand(len(owned), 4).to(self.device).contiguous(),
+                                 step, element_seed(cfg.seed), t, owned.start, cfg.r_range[0], cfg.r_range[1],
+                                 True, backend=cfg.backend)
+        else:
+            coef = self.coefficients(t).to(self.device)
+            ops.pso_step_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, coef, step, backend=cfg.backend)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+
+        skipped = self._skipped(t)
+        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
+        t2 = time.perf_counter()
+        nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
+        improved = []
+        for i in range(P):
+            book.u_now[i] = u[i]
+            if u[i] > book.u_pbest[i]:  # strict improvement only
+                book.u_pbest[i] = u[i]
+                book.since_best[i] = 1
+                improved.append(i)
+                r = buf.local(i)
+                if r is not None:
+                    buf.pbest[r].copy_(buf.x[r])
+            else:
+                book.since_best[i] += 1
+        best_now = max(range(P), key=lambda i: (u[i], -i))
+        if u[best_now] > book.u_gbest:
+            book.gbest_index = best_now  # the first particle reaching the new best (reference)
+            self._point_gbest()
+        book.g_history.append(book.u_gbest)
+        worst = self._new_worst(u, book.u_worst, first=False, exclude=bad_rows)
+        if worst is not None:
+            book.gworst_index, book.u_worst = worst
+            self._copy_worst(worst[0])
+        book.step = max(step * cfg.step_factor, cfg.min_step)
+        book.iteration = t
+        book.nonfinite_total += nonfinite
+        book.nonfinite_rows_total += len(bad_rows)
+        book.restarts_total += len(restarts)
+        book.evaluations_total += P - len(skipped)
+        book.skipped_total += len(skipped)
+        t3 = time.perf_counter()
+        self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
+                     timings={"update_s": t1 - t0, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
+                              "last_checkpoint_s": self._last_checkpoint_s})
+        self._checkpoint()
+
+    def coefficients(self, iteration: int) -> torch.Tensor:
+        """The normalised (c_v, c_p, c_g, c_w) of this process's particles at an iteration: fp32 [n, 4].
+        a = r_v*phi_v, ..., d = r_w*phi_w (0 without repel); c = (a, b, c, d) / (a + b + c + d)."""
+        cfg = self.config
+        phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0], dtype=torch.float64)
+        owned = self.buffers.owned if self.buffers is not None else self.collective.owned(self.n_particles)
+        if cfg.randomness == "off":
+            r = torch.ones(len(owned), 4, dtype=torch.float64)
+        else:
+            r = coefficient_factors(cfg.seed, owned, iteration, *cfg.r_range)
+        a = r * phi
+        total = a.sum(dim=1, keepdim=True)
+        return torch.where(total > 0, a / torch.where(total > 0, total, 1.0), 0.0).to(torch.float32)
+
+    def _skipped(self, t: int) -> set[int]:
+        """dropK (the whole iteration) and dropN (each particle): particles whose evaluation is skipped."""
+        cfg, P = self.config, self.n_particles
+        if cfg.drop_k > 0 and float(uniforms(cfg.seed, Purpose.DROP_ITERATION, [0], t)[0, 0]) < cfg.drop_k:
+            return set(range(P))
+        if cfg.drop_n > 0:
+            u = uniforms(cfg.seed, Purpose.DROP_PARTICLE, range(P), t)[:, 0]
+            return {i for i in range(P) if float(u[i]) < cfg.drop_n}
+        return set()
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _evaluate_owned(self, fn: Utility, skipped: set[int]) -> tuple[list[float], list[bool], list[bool]]:
+        """Score this process's particles except `skipped` (they keep their last score); returns,
+        for all P particles (gathered): scores, non-finite-score flags, non-finite-location flags."""
+        buf, coll, P = self.buffers, self.collective, self.n_particles
+        owned = buf.owned
+        todo = torch.tensor([r for r, i in enumerate(owned) if i not in skipped], dtype=torch.long)
+        scores, nonfinite, bad_rows = self._evaluate(fn, todo)
+        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
+                             dtype=torch.float64)
+        flags = torch.zeros(len(owned), dtype=torch.float64)
+        bad = torch.zeros(len(owned), dtype=torch.float64)
+        if len(todo):
+            local[todo] = scores
+            flags[todo] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
+        for i in bad_rows:
+            bad[i - owned.start] = 1.0
+        u = coll.all_gather_scores(local, P).tolist()
+        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
+        br = [bool(x) for x in coll.all_gather_scores(bad, P).tolist()]
+        return u, nf, br
+
+    def _evaluate(self, fn: Utility, rows: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
+        """Scores (float64, non-finite -> -inf) of local rows `rows` of x, the count of non-finite
+        scores, and the global indices of evaluated locations that are themselves non-finite."""
+        buf, n = self.buffers, len(rows)
+        out = torch.empty(n, dtype=torch.float64)
+        if n == 0:
+            return out, 0, []
+        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
+        source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
+        bs = self.config.batch_size or n
+        with torch.no_grad():
+            for s in range(0, n, bs):
+                part = source[s:s + bs]
+                got = fn(part)
+                vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
+                        else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
+                if vals.numel() != part.shape[0]:
+                    raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
+                out[s:s + part.shape[0]] = vals
+        bad = ~torch.isfinite(out)
+        nonfinite = int(bad.sum())
+        bad_rows = []
+        if nonfinite:
+            out[bad] = -math.inf
+            for r in rows[bad].tolist():
+                if not bool(torch.isfinite(buf.x[r]).all()):
+                    bad_rows.append(buf.owned.start + r)
+        return out, nonfinite, bad_rows
+
+    def _new_worst(self, u: list[float], u_worst: float, *, first: bool,
+                   exclude: Sequence[int] = ()) -> tuple[int, float] | None:
+        """(index, utility) of a new global worst location, or None. Strictly below the old worst;
+        ties: the first particle at initialisation, the last one afterwards (as the reference code).
+        Locations that are themselves non-finite are never taken: they would poison every update."""
+        cand = [i for i in range(len(u)) if i not in set(exclude)]
+        if not cand:
+            return None
+        lo = min(u[i] for i in cand)
+        if not lo < u_worst:
+            return None
+        ties = [i for i in cand if u[i] == lo]
+        return (ties[0] if first else ties[-1]), lo
+
+    def _copy_worst(self, particle: int) -> None:
+        buf, coll = self.buffers, self.collective
+        r = buf.local(particle)
+        coll.broadcast_row(buf.x[r] if r is not None else None, coll.owner(particle, self.n_particles), buf.gworst)
+
+    def _point_gbest(self) -> None:
+        """gbest = the pbest row of the best particle: a view on one process, a broadcast copy otherwise."""
+        buf, coll, g = self.buffers, self.collective, self.book.gbest_index
+        r = buf.local(g)
+        if coll.world_size > 1 and buf.gbest_buffer is None:
+            buf.gbest_buffer = torch.empty(self.dim, dtype=self.dtype, device=self.device)
+        buf.gbest = coll.broadcast_row(buf.pbest[r] if r is not None else None, coll.owner(g, self.n_particles),
+                                       buf.gbest_buffer)
+
+    def _record(self, t: int, step: float, *, restarts, skipped, improved, nonfinite, timings) -> None:
+        book = self.book
+        rec = {"iteration": t, "utilities": [outputs.json_float(x) for x in book.u_now],
+               "gbest_utility": outputs.json_float(book.u_gbest), "gbest_index": book.gbest_index,
+               "gworst_utility": outputs.json_float(book.u_worst), "gworst_index": book.gworst_index,
+               "step": step, "restarts": restarts, "skipped": skipped, "improved": improved,
+               "nonfinite": nonfinite, "timings": timings}
+        self.history.append(rec)
+        if self.output_dir is not None and self.collective.rank == 0:
+            book.history_bytes = outputs.append_history(self.output_dir, rec)
+
+    def _checkpoint(self) -> None:
+        book, cfg = self.book, self.config
+        book.wall_seconds = self._wall_base + (time.perf_counter() - self._session_start)
+        if self.output_dir is None or cfg.checkpoint_every == 0:
+            return
+        if book.iteration % cfg.checkpoint_every and book.iteration < cfg.max_iters:
+            return
+        t0 = time.perf_counter()
+        state = {"version": STATE_VERSION, "config": cfg.model_dump(mode="json"), "book": book.to_json(),
+                 "dtype": str(self.dtype).removeprefix("torch."), "dim": self.dim,
+                 "owned": [self.buffers.owned.start, self.buffers.owned.stop],
+                 "world_size": self.collective.world_size}
+        ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank)
+        self._last_checkpoint_s = time.perf_counter() - t0
+
+    def _finish(self) -> SwarmResult:
+        book, buf, coll = self.book, self.buffers, self.collective
+        g = book.gbest_index
+        best_path = None
+        test_utility = None
+        if self.test_utility is not None:
+            vals, _, _ = self._evaluate_row(self.test_utility, buf.gbest)
+            test_utility = vals
+        if self.output_dir is not None and coll.rank == 0:
+            name = "best" if self.pool.kind == "peft" else "best.safetensors"
+            best_path = self.export_best(self.output_dir / name)
+        summary = self._summary(test_utility, best_path)
+        if self.output_dir is not None and coll.rank == 0:
+            outputs.write_summary(self.output_dir, summary)
+            try:
+                outputs.plot_history(self.output_dir)
+            except Exception as err:  # a plotting failure must not lose a finished search
+                summary["plot_error"] = str(err)
+                outputs.write_summary(self.output_dir, summary)
+        return SwarmResult(best=buf.gbest.detach().clone(), best_utility=book.u_gbest, best_index=g,
+                           best_origin=self.origins[g], iterations=book.iteration,
+                           stop_reason=book.stop_reason or "", summary=summary, output_dir=self.output_dir,
+                           best_path=best_path)
+
+    def _evaluate_row(self, fn: Utility, row: torch.Tensor) -> tuple[float, int, int]:
+        with torch.no_grad():
+            got = fn(row.unsqueeze(0))
+        val = float(got[0]) if not isinstance(got, torch.Tensor) else float(got.reshape(-1)[0])
+        return (val if math.isfinite(val) else -math.inf), 0, 0
+
+    def _summary(self, test_utility: float | None, best_path: Path | None) -> dict[str, Any]:
+        book, g = self.book, self.book.gbest_index
+        init = book.initial_utilities
+        start_rank = sorted(range(len(init)), key=lambda i: (-init[i], i)).index(g)
+        f = outputs.json_float
+        summary: dict[str, Any] = {
+            "best_dev_utility": f(book.u_gbest),
+            "initial_dev_utilities": [f(x) for x in init],
+            "initial_best_dev_utility": f(max(init)),
+            "iterations": book.iteration,
+            "stop_reason": book.stop_reason,
+            "best_particle_index": g,
+            "best_particle_origin": self.origins[g],
+            "best_particle_initial_utility": f(init[g]),
+            "best_particle_initial_rank": start_rank,  # 0 = it started as the best particle
+            "particles": [{"index": i, **o} for i, o in enumerate(self.origins)],
+            "n_particles": self.n_particles,
+            "dim": self.dim,
+            "wall_seconds": book.wall_seconds,
+            "evaluations": book.evaluations_total,
+            "skipped_evaluations": book.skipped_total,
+            "restarts": book.restarts_total,
+            "nonfinite_utilities": book.nonfinite_total,
+            "nonfinite_locations": book.nonfinite_rows_total,
+            "final_step": book.step,
+            "config": self.config.model_dump(mode="json"),
+        }
+        if self.test_utility is not None:
+            summary["test_utility"] = f(test_utility) if test_utility is not None else None
+            summary["initial_test_utilities"] = [f(x) for x in (book.initial_test_utilities or [])]
+            summary["initial_test_particles"] = [i for i, o in enumerate(self.origins) if o["kind"] != "child"]
+        if best_path is not None:
+            summary["best_path"] = str(best_path)
+        return summary
+
+    def _require_started(self) -> None:
+        if self.book is None:
+            raise RuntimeError("the swarm has not been initialised yet: call run()")
+
+
+def _clear_run(output_dir: Path) -> None:
+    import shutil
+
+    for name in (ckpt.CHECKPOINT_DIR,):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+    for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON):
+        (output_dir / name).unlink(missing_ok=True)
