@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["ParticleEvaluator", "Requests", "encode_requests"]
+__all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
 
 
 @dataclass
@@ -332,3 +332,12 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
     return text[:cut]
 
+
+
+class PlainEvaluator(ParticleEvaluator):
+    """The model itself, with no particles (e.g. an LLM judge): call with rows=None."""
+
+    @contextlib.contextmanager
+    def _bind(self, rows: torch.Tensor) -> Iterator[None]:
+        raise ValueError("PlainEvaluator runs the unadapted model: pass rows=None")
+        yield

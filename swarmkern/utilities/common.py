@@ -1,0 +1,189 @@
+"""What the model-based utilities share: the config fields every one of them has (model, data splits,
+dtype, device, micro-batch), the per-process cache of particle evaluators, and the scorer object the
+search calls (`scorer(particles [B, D]) -> [B]` float64 scores, higher is better)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from pydantic import Field, PrivateAttr
+
+from .registry import UtilityConfig
+
+__all__ = ["ModelUtility", "Scorer", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
+
+_EVALUATORS: dict[tuple, Any] = {}
+
+
+class ModelUtility(UtilityConfig):
+    """Fields shared by the utilities that run the particles as a language model."""
+    model: str | None = Field(None, description="base model directory (default: the adapters' "
+                                                "base_model_name_or_path); required for full-weight experts")
+    tokenizer: str | None = Field(None, description="tokenizer directory (default: the model directory)")
+    dev: str = Field(description="JSONL file scored during the search")
+    test: str | None = Field(None, description="JSONL file scored only for the report")
+    max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
+    max_test_examples: int | None = Field(None, gt=0, description="use the first N test examples")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the model")
+    device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...')
+    micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x examples): bounds memory")
+    max_length: int | None = Field(None, gt=0, description="cut prompts from the left to this many tokens")
+    share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
+    _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
+
+    def has_split(self, split: str) -> bool:
+        return split == "dev" or (split == "test" and self.test is not None)
+
+    def split_file(self, split: str) -> tuple[Path, int | None]:
+        if split == "dev":
+            return Path(self.dev), self.max_examples
+        if split == "test" and self.test is not None:
+            return Path(self.test), self.max_test_examples
+        raise ValueError(f"utility.{split}: no {split} split configured")
+
+    def evaluator(self, pool: Any):
+        return particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
+                                  device=self.device, share_prefix=self.share_prefix)
+
+    def encode_prompts(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
+        ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        if self.max_length is not None:
+            ids = [s[-self.max_length:] for s in ids]
+        return ids
+
+
+class Scorer:
+    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
+                 finalize: Callable[[Path], None] | None = None):
+        self._fn = fn
+        self.name = name
+        if finalize is not None:
+            self.finalize = finalize
+
+    def __call__(self, particles: torch.Tensor) -> torch.Tensor:
+        if particles.dim() != 2:
+            raise ValueError(f"{self.name}: particles must be [B, D], got shape {list(particles.shape)}")
+        if particles.shape[0] == 0:
+            return torch.empty(0, dtype=torch.float64)
+        return torch.as_tensor(self._fn(particles), dtype=torch.float64).reshape(particles.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Scorer({self.name})"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | None = None,
+                       dtype: str = "float32", device: str = "auto", share_prefix: bool = True):
+    """The evaluator for a pool's particles on a local causal LM, built once per process and shared by
+    every utility (dev and test, every task of a multi-task utility).
+
+    PEFT pools -> LoraEvaluator (model defaults to the adapters' base_model_name_or_path);
+    safetensors / state-dict pools -> FullWeightEvaluator (model required).
+    """
+    from swarmkern.evaluate import LoraEvaluator
+    from swarmkern.evaluate.full import FullWeightEvaluator
+    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device
+
+    kind = getattr(pool, "kind", None)
+    if kind not in ("peft", "safetensors", "tensors") or not hasattr(pool, "layout"):
+        raise ValueError("utility: model-based utilities need a pool of PEFT LoRA adapters or full-weight "
+                         f"experts (got {type(pool).__name__} of kind {kind!r})")
+    if model is None:
+        model = (pool.adapter_config or {}).get("base_model_name_or_path") if kind == "peft" else None
+        if not model:
+            raise ValueError("utility.model: required (the base model directory the experts belong to)")
+    model_dir = str(Path(model).expanduser().resolve())
+    tok_dir = str(Path(tokenizer or model).expanduser().resolve())
+    dev = str(resolve_device(device))
+    key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
+           _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
+    if key in _EVALUATORS:
+        return _EVALUATORS[key]
+    tok = load_tokenizer(tok_dir)
+    lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
+    if kind == "peft":
+        if any(k[1] == model_dir and k[3] == dtype and k[4] == dev and k[0] == "peft" for k in _EVALUATORS):
+            # the cached model is patched for another adapter layout: give this one its own copy
+            _CACHE.pop(("model", model_dir, lm.dtype, dev), None)
+            lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
+        ev = LoraEvaluator(lm, tok, pool.layout, pool.adapter_config or {}, share_prefix=share_prefix)
+    else:
+        ev = FullWeightEvaluator(lm, tok, pool.layout)
+    _EVALUATORS[key] = ev
+    return ev
+
+
+def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "float32",
+                    device: str = "auto"):
+    """An evaluator of an unadapted causal LM (an LLM judge), cached per process."""
+    from swarmkern.evaluate.base import PlainEvaluator
+    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device
+
+    model_dir = str(Path(model_dir).expanduser().resolve())
+    tok_dir = str(Path(tokenizer or model_dir).expanduser().resolve())
+    dev = str(resolve_device(device))
+    key = ("plain", model_dir, tok_dir, dtype, dev)
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = PlainEvaluator(load_causal_lm(model_dir, dtype=dtype, device=dev),
+                                          load_tokenizer(tok_dir))
+    return _EVALUATORS[key]
+
+
+def clear_evaluators() -> None:
+    """Forget cached evaluators (tests)."""
+    _EVALUATORS.clear()
+
+
+# -- answer normalisation (exact match) ---------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _last_number(s: str) -> str:
+    found = _NUMBER.findall(s)
+    if not found:
+        return ""
+    num = found[-1].replace(",", "")
+    if "." in num:  # "42.0" and "42" are the same answer
+        num = num.rstrip("0").rstrip(".")
+    return num
+
+
+NORMALIZERS: dict[str, Callable[[str], str]] = {
+    "strip": str.strip,
+    "lower": str.lower,
+    "punctuation": lambda s: "".join(ch for ch in s if ch.isalnum() or ch.isspace()),
+    "articles": lambda s: _ARTICLES.sub(" ", s),
+    "whitespace": lambda s: " ".join(s.split()),
+    "number": _last_number,
+    "first_line": lambda s: s.strip().split("\n", 1)[0] if s.strip() else "",
+}
+
+
+def normalize_text(text: str, steps: Sequence[str]) -> str:
+    """Apply NORMALIZERS in order (e.g. ["first_line", "lower", "punctuation", "whitespace"])."""
+    for s in steps:
+        text = NORMALIZERS[s](text)
+    return text
+
+
+def harmonic_mean(values: torch.Tensor, weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Weighted harmonic mean along `dim`; 0 wherever a value is <= 0 (it is undefined there)."""
+    w = weights.reshape([-1] + [1] * (values.dim() - 1)).to(values)
+    bad = (values <= 0).any(dim)
+    hm = w.sum() / (w / values.clamp(min=1e-300)).sum(dim)
+    return torch.where(bad, torch.zeros_like(hm), hm)
+
+
+def finite_or(x: float, default: float) -> float:
+    return x if math.isfinite(x) else default

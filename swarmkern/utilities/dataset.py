@@ -1,0 +1,157 @@
+"""Dataset utilities: multiple choice (log-likelihood of each choice, or the paper's generate-and-parse
+the letter) and exact match of greedy generations. Each dataset is read, validated and tokenised once
+per split when the scorer is built; every call then scores all particles with the batched evaluator."""
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from swarmkern.data import MultipleChoiceExample, PromptAnswerExample, load_jsonl
+from swarmkern.evaluate import encode_requests
+
+from .common import NORMALIZERS, ModelUtility, Scorer, normalize_text
+from .registry import register_utility
+
+__all__ = ["MultipleChoice", "ExactMatch", "parse_choice_letter"]
+
+LETTERS = string.ascii_uppercase
+
+
+def parse_choice_letter(text: str, n_choices: int) -> int | None:
+    """Index of the first standalone choice letter in `text` ("B", "(B)", "B:", "answer is B."), or None."""
+    for m in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text):
+        k = LETTERS.index(m.group(1))
+        if k < n_choices:
+            return k
+    return None
+
+
+@register_utility("multiple_choice")
+class MultipleChoice(ModelUtility):
+    """Accuracy on {"question", "choices", "answer"} JSONL.
+
+    scoring: "loglik" picks the choice with the highest sum of token log-probabilities after the
+    prompt; "loglik_norm" divides by the choice's token count; "generate" (the paper's reference code)
+    lists the lettered choices, generates `max_new_tokens` greedily and parses the first choice letter
+    (none -> wrong).
+    """
+    type: str = "multiple_choice"
+    scoring: Literal["loglik", "loglik_norm", "generate"] = "loglik"
+    template: str | None = Field(None, description="prompt; fields {question} and {choices} (the lettered "
+                                 "list). Default: 'Question: {question}\\nAnswer:' for loglik, "
+                                 "'Question: {question}\\n{choices}\\nThe answer is' for generate")
+    choice_format: str = Field("{letter}: {choice}", description="one line of {choices}")
+    continuation: str = Field(" {choice}", description="scored text of a choice (loglik); {choice}, {letter}")
+    max_new_tokens: int = Field(10, gt=0, description="generate scoring: tokens to generate")
+
+    def _prompt(self, ex: MultipleChoiceExample) -> str:
+        default = ("Question: {question}\nAnswer:" if self.scoring != "generate"
+                   else "Question: {question}\n{choices}\nThe answer is")
+        choices = "\n".join(self.choice_format.format(letter=LETTERS[k], choice=c)
+                            for k, c in enumerate(ex.choices))
+        return (self.template or default).format(question=ex.question, choices=choices)
+
+    def build(self, pool: Any, split: str) -> Scorer:
+        path, limit = self.split_file(split)
+        examples = load_jsonl(path, MultipleChoiceExample, limit=limit)
+        if any(len(ex.choices) > len(LETTERS) for ex in examples) and self.scoring == "generate":
+            raise ValueError(f"{path}: generate scoring supports at most {len(LETTERS)} choices")
+        ev = self.evaluator(pool)
+        answers = torch.tensor([ex.answer for ex in examples])
+        name = f"multiple_choice[{split}]"
+        if self.scoring == "generate":
+            prompts = self.encode_prompts(ev.tokenizer, [self._prompt(ex) for ex in examples])
+            n_choices = [len(ex.choices) for ex in examples]
+
+            def score(particles: torch.Tensor) -> torch.Tensor:
+                texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens,
+                                    micro_batch=self.micro_batch)
+                picked = torch.tensor([[_or_minus1(parse_choice_letter(t, n)) for t, n in zip(row, n_choices)]
+                                       for row in texts])
+                return (picked == answers[None]).double().mean(1)
+            return Scorer(score, name)
+
+        contexts, conts, owner = [], [], []
+        for i, ex in enumerate(examples):
+            prompt = self._prompt(ex)
+            for k, c in enumerate(ex.choices):
+                contexts.append(prompt)
+                conts.append(self.continuation.format(choice=c, letter=LETTERS[k]))
+                owner.append(i)
+        requests = encode_requests(ev.tokenizer, contexts, conts, max_length=self.max_length)
+        n_tok = torch.tensor(requests.n_cont, dtype=torch.float64)
+        owner_t = torch.tensor(owner)
+        starts = torch.tensor([owner.index(i) for i in range(len(examples))])
+
+        def score(particles: torch.Tensor) -> torch.Tensor:
+            ll = ev.loglikelihood(particles, requests, micro_batch=self.micro_batch)  # [B, sum choices]
+            if self.scoring == "loglik_norm":
+                ll = ll / n_tok
+            # argmax within each question's block of choices (the first one wins ties)
+            best = torch.full((ll.shape[0], len(examples)), -torch.inf, dtype=torch.float64)
+            best = best.scatter_reduce(1, owner_t.expand_as(ll), ll, reduce="amax")
+            first = _first_best(ll == best[:, owner_t], owner_t, len(examples))
+            return ((first - starts[None]) == answers[None]).double().mean(1)
+        return Scorer(score, name)
+
+
+def _first_best(is_best: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] index (into the flat choice list) of the first maximal choice of each question."""
+    B, C = is_best.shape
+    idx = torch.where(is_best, torch.arange(C).expand(B, C), torch.full((B, C), C))
+    out = torch.full((B, n), C, dtype=torch.long)
+    return out.scatter_reduce(1, owner.expand(B, C), idx, reduce="amin")
+
+
+def _or_minus1(k: int | None) -> int:
+    return -1 if k is None else k
+
+
+@register_utility("exact_match")
+class ExactMatch(ModelUtility):
+    """Fraction of {"prompt", "answer"} examples whose greedy generation, normalised, equals the
+    normalised answer. `answer_regex` (optional) extracts the answer from the generation first (group 1
+    when it has one); `normalize` is a list of steps applied in order to both sides:
+    strip, lower, punctuation, articles, whitespace, number (the last number), first_line."""
+    type: str = "exact_match"
+    template: str = Field("{prompt}", description="prompt; field {prompt}")
+    max_new_tokens: int = Field(32, gt=0)
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description="generation stops at these strings")
+    answer_regex: str | None = None
+    normalize: list[str] = Field(default_factory=lambda: ["strip", "lower", "whitespace"])
+
+    def model_post_init(self, _: Any) -> None:
+        for step in self.normalize:
+            if step not in NORMALIZERS:
+                raise ValueError(f"normalize: unknown step {step!r}; known: {', '.join(NORMALIZERS)}")
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as err:
+                raise ValueError(f"answer_regex: invalid regular expression ({err})") from None
+
+    def extract(self, text: str) -> str:
+        if self.answer_regex is not None:
+            m = re.search(self.answer_regex, text)
+            if m is None:
+                return ""
+            text = m.group(1) if m.groups() else m.group(0)
+        return normalize_text(text, self.normalize)
+
+    def build(self, pool: Any, split: str) -> Scorer:
+        path, limit = self.split_file(split)
+        examples = load_jsonl(path, PromptAnswerExample, limit=limit)
+        ev = self.evaluator(pool)
+        prompts = self.encode_prompts(ev.tokenizer, [self.template.format(prompt=ex.prompt) for ex in examples])
+        targets = [normalize_text(ex.answer, self.normalize) for ex in examples]
+
+        def score(particles: torch.Tensor) -> torch.Tensor:
+            texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
+                                micro_batch=self.micro_batch)
+            return torch.tensor([sum(self.extract(t) == a for t, a in zip(row, targets)) / len(targets)
+                                 for row in texts], dtype=torch.float64)
+        return Scorer(score, f"exact_match[{split}]")
