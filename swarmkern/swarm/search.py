@@ -79,8 +79,8 @@ class Swarm:
         self._last_checkpoint_s = 0.0
         if self.output_dir is not None and self.collective.rank == 0:
             if ckpt.has_checkpoint(self.output_dir) and not overwrite:
-                raise FileExistsError(f"{self.output_dir}: already holds a run; resume it "
-                                      "(swarmkern resume / Swarm.resume) or pass overwrite=True")
+                raise FileExistsError(f"{self.output_dir}: already holds a run; resume it (swarmkern resume "
+                                      "DIR / Swarm.resume) or start afresh (--overwrite / overwrite=True)")
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if overwrite:
                 _clear_run(self.output_dir)

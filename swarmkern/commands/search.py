@@ -1,0 +1,82 @@
+"""`swarmkern search CONFIG.yaml` and `swarmkern resume OUTPUT_DIR`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _report(result) -> None:
+    s = result.summary
+    origin = s["best_particle_origin"]
+    lines = [f"best dev utility {s['best_dev_utility']} (initial best {s['initial_best_dev_utility']}) "
+             f"after {s['iterations']} iterations ({s['stop_reason']}), {s['wall_seconds']:.1f} s",
+             f"best particle {s['best_particle_index']} started as {origin['kind']} {origin['name']}"]
+    if "test_utility" in s:
+        lines.append(f"test utility {s['test_utility']}")
+    if s["nonfinite_utilities"]:
+        lines.append(f"{s['nonfinite_utilities']} non-finite utilities were counted as the worst possible")
+    if result.output_dir is not None:
+        lines.append(f"outputs in {result.output_dir} (best: {s.get('best_path')})")
+    for line in lines:
+        click.echo(line)
+
+
+def _fail(err: Exception) -> None:
+    raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+@click.command("search")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set swarm.max_iters=5 (repeatable; value parsed as YAML).")
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory (output.dir).")
+@click.option("--seed", type=int, default=None, help="swarm.seed")
+@click.option("--max-iters", type=int, default=None, help="swarm.max_iters")
+@click.option("--n-particles", type=int, default=None, help="swarm.n_particles")
+@click.option("--device", default=None, help="swarm.device (cpu, cuda, cuda:1, ...)")
+@click.option("--backend", default=None, help="swarm.backend (kernel backend)")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous run in the output directory.")
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a short report.")
+def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, device, backend, overwrite,
+               no_progress, as_json):
+    """Run a Model Swarms search described by CONFIG (YAML: experts, swarm, utility, output)."""
+    from swarmkern.config import ConfigError, load_run_config, run_search
+    from swarmkern.flat import IncompatibleExperts
+
+    try:
+        cfg = load_run_config(config, overrides, output_dir=output_dir, seed=seed, max_iters=max_iters,
+                              n_particles=n_particles, device=device, backend=backend, overwrite=overwrite,
+                              progress=False if no_progress else None)
+        result = run_search(cfg)
+    except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+    else:
+        _report(result)
+
+
+@click.command("resume")
+@click.argument("output_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a short report.")
+def resume_cmd(output_dir, as_json):
+    """Continue a killed search from the last checkpoint in OUTPUT_DIR (ends as if never interrupted)."""
+    from swarmkern.config import ConfigError, resume_search
+
+    try:
+        result = resume_search(output_dir)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+    else:
+        _report(result)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(search_cmd)
+    group.add_command(resume_cmd)
