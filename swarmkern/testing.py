@@ -230,3 +230,21 @@ def build_tiny_setup(root: str | os.PathLike, *, k: int = 3, reward: bool = True
                      reward_dir=build_tiny_reward_model(root / "reward") if reward else None,
                      judge_dir=build_tiny_judge(root / "judge") if judge else None,
                      data=write_tiny_datasets(root / "data", seed=seed))
+
+
+_SETUPS: dict[tuple, TinySetup] = {}
+
+
+def cached_tiny_setup(**kwargs) -> TinySetup:
+    """`build_tiny_setup` into a temporary directory, once per process per set of arguments (tests
+    in several files share it; the directory is removed when the process exits)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    key = tuple(sorted(kwargs.items()))
+    if key not in _SETUPS:
+        root = tempfile.mkdtemp(prefix="swarmkern_tiny_")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SETUPS[key] = build_tiny_setup(root, **kwargs)
+    return _SETUPS[key]

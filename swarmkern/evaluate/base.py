@@ -180,14 +180,33 @@ class ParticleEvaluator:
                                                          [requests.n_cont[e] for e in idx])
         return out
 
-    def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
+    def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """[n, T] ids and mask, right padded: real tokens keep positions 0..len-1."""
         n, T = len(seqs), max(len(s) for s in seqs)
-        dev = self.device
         ids = torch.full((n, T), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, T), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: real tokens keep positions 0..len-1
-            ids[i, :len(s)] = torch.tensor(s)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, :len(s)] = 1
+        return ids.to(self.device), mask.to(self.device), T
+
+    def _forward_selected(self, rows, pb: int, ids: torch.Tensor, mask: torch.Tensor,
+                          pos: torch.Tensor) -> torch.Tensor:
+        """Logits [pb * len(pos), V] at flat positions `pos` (into n*T) of every particle's copy."""
+        n, T = ids.shape
+        shared = self._sharing(pb)
+        # particle p's copy of batch row i is row p*n + i
+        sel = (torch.arange(pb, device=ids.device)[:, None] * (n * T) + pos[None]).reshape(-1)
+        if not shared and pb > 1:
+            ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self._expanding(n if shared else None, pb):
+            return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                              cache=None, select=sel)
+
+    def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
+        ids, mask, T = self._right_padded(seqs)
+        n, dev = len(seqs), self.device
         # positions predicting each scored token, and the tokens themselves
         pos, tgt, seg = [], [], []
         for i, (s, k) in enumerate(zip(seqs, n_cont)):
@@ -195,20 +214,35 @@ class ParticleEvaluator:
             tgt.extend(s[len(s) - k:])
             seg.extend([i] * k)
         pos_t, tgt_t, seg_t = (torch.tensor(v, device=dev) for v in (pos, tgt, seg))
-        shared = self._sharing(pb)
-        # flat positions for every particle: particle p's copy of row i is batch row p*n + i
-        sel = (torch.arange(pb, device=dev)[:, None] * (n * T) + pos_t[None]).reshape(-1)
-        ids, mask = ids.to(dev), mask.to(dev)
-        if not shared and pb > 1:
-            ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self._expanding(n if shared else None, pb):
-            logits = self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                cache=None, select=sel)
+        logits = self._forward_selected(rows, pb, ids, mask, pos_t)
         logp = torch.log_softmax(logits, -1).gather(-1, tgt_t.repeat(pb)[:, None])[:, 0].double()
         seg_all = (torch.arange(pb, device=dev)[:, None] * n + seg_t[None]).reshape(-1)
         res = torch.zeros(pb * n, dtype=torch.float64, device=dev).index_add_(0, seg_all, logp)
         return res.view(pb, n).cpu()
+
+    @torch.inference_mode()
+    def logits(self, rows: torch.Tensor | None, seqs: Sequence[Sequence[int]], *,
+               micro_batch: int = 64) -> list[torch.Tensor]:
+        """Next-token logits at every position of every sequence: one [P, len(seq), V] float32 tensor
+        per sequence (for checks and debugging; scorers use `loglikelihood`, which runs the LM head
+        only where something is scored)."""
+        P = 1 if rows is None else rows.shape[0]
+        out: list[list[torch.Tensor]] = [[] for _ in seqs]
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            pb = p1 - p0
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // pb)
+            with self._bound(sub):
+                for s in range(0, len(seqs), n):
+                    batch = [list(x) for x in seqs[s:s + n]]
+                    ids, mask, T = self._right_padded(batch)
+                    pos = torch.cat([torch.arange(len(x)) + i * T for i, x in enumerate(batch)]).to(self.device)
+                    lg = self._forward_selected(sub, pb, ids, mask, pos).view(pb, pos.numel(), -1).cpu()
+                    start = 0
+                    for i, x in enumerate(batch):
+                        out[s + i].append(lg[:, start:start + len(x)])
+                        start += len(x)
+        return [torch.cat(parts) for parts in out]
 
     # -- generation ----------------------------------------------------------------------------
     @torch.inference_mode()
