@@ -32,9 +32,29 @@ def available() -> bool:
         try:
             _ops().merge_ties_disjoint, _ops().merge_dare  # noqa: B018 - lookups raise when missing
             _state["ok"] = True
+            _register_fakes()
         except (AttributeError, RuntimeError):
             _state["ok"] = False
     return _state["ok"]
+
+
+def _register_fakes() -> None:
+    """Meta implementations, so torch.compile / FakeTensor can trace the ops (once per process)."""
+    if _state.get("fakes"):
+        return
+    _state["fakes"] = True
+
+    def _ties_fake(trimmed, weights, method):
+        return trimmed.new_empty((trimmed.shape[1],))
+
+    def _dare_fake(src, weights, density, seed, offset, ties, method):
+        return src.new_empty((src.shape[1],))
+
+    for name, fn in (("swarmkern::merge_ties_disjoint", _ties_fake), ("swarmkern::merge_dare", _dare_fake)):
+        try:
+            torch.library.register_fake(name, fn)
+        except RuntimeError:  # already registered (e.g. by swarmkern.ops)
+            pass
 
 
 def use_fused(fused: bool | None, t: torch.Tensor) -> bool:
@@ -92,6 +112,6 @@ def load_jit(build_dir: str | Path | None = None, verbose: bool = False) -> None
     load("swarmkern_merge_jit", sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
          extra_include_paths=[str(root / "csrc" / "include"), str(root / "csrc" / "cpu")],
          build_directory=str(build_dir) if build_dir else None, is_python_module=False, verbose=verbose)
-    _state.clear()
+    _state.pop("ok", None)
     if not available():
         raise RuntimeError("built the merge kernels but their ops are not registered")
