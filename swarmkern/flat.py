@@ -359,18 +359,27 @@ class ExpertPool:
             if K != len(self) or tuple(out.shape) != (M, self.layout.numel):
                 raise ValueError(f"fill: out {list(out.shape)} / coef {list(coef.shape)} do not match "
                                  f"K={len(self)}, D={self.layout.numel}")
-            prepared.append((out, coef.to(device=out.device, dtype=torch.float32)))
+            coef = coef.to(torch.float64)
+            # Rows that are exactly one expert are copied (exact even where 0 * x would be NaN).
+            onehot = ((coef == 0) | (coef == 1)).all(1) & ((coef == 1).sum(1) == 1)
+            copies = [(m, int(coef[m].argmax())) for m in range(M) if onehot[m]]
+            mixed = torch.tensor([m for m in range(M) if not onehot[m]], dtype=torch.long)
+            weights = coef[mixed].to(device=out.device, dtype=torch.float32)
+            prepared.append((out, copies, mixed, weights))
         with ExitStack() as stack:
             handles: dict[Path, Any] = {}
             for e in self.layout.entries:
                 src = torch.stack([self._read(s, e.name, handles, stack).reshape(-1) for s in self._sources])
-                for out, weights in prepared:
-                    if weights.shape[0] == 0:
-                        continue
-                    part = torch.empty(weights.shape[0], e.numel, dtype=out.dtype, device=out.device)
-                    ops.combine(src.to(out.device), weights, out=part, backend=backend)
-                    out[:, e.offset:e.stop].copy_(part)
-                    del part
+                for out, copies, mixed, weights in prepared:
+                    src_d = src.to(out.device)
+                    for m, k in copies:
+                        out[m, e.offset:e.stop].copy_(src_d[k])
+                    if len(mixed):
+                        part = torch.empty(len(mixed), e.numel, dtype=out.dtype, device=out.device)
+                        ops.combine(src_d, weights, out=part, backend=backend)
+                        out[mixed.to(out.device), e.offset:e.stop] = part
+                        del part
+                    del src_d
                 del src
 
     def describe(self) -> dict[str, Any]:
