@@ -1,0 +1,125 @@
+// CPU kernel of combine: out[m] = sum_k weights[m, k] * src[k], fp32 accumulation in the order
+// k = 0..K-1 (the reference's order, bit-exact with -ffp-contract=off), one pass over src.
+// Each task owns a block of columns: it computes all M outputs of the block into an fp32 scratch
+// (tiles of kTile outputs held in registers, src re-read from L1) before storing any of them, so
+// `out` may share whole rows with `src` (e.g. writing crossover children into the swarm buffer).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../checks.h"
+#include "swarmkern/update.h"
+#include "vec_io.h"
+
+namespace swarmkern::cpu {
+namespace {
+
+constexpr int64_t kColumns = 8 * kPair;  // columns per block (256 with AVX-512)
+constexpr int64_t kTile = 8;             // outputs accumulated in registers at once
+
+struct CombineShape {
+  int64_t K, M, D;
+  int64_t s_src, s_out;  // row strides (elements)
+};
+
+// acc[t] for outputs m0..m0+TILE-1 over the block's full Vecs; results go to scratch[m][col].
+template <int TILE, typename S>
+inline void combine_tile(const S* src, const float* weights, const CombineShape& sh, int64_t m0, int64_t j0,
+                         int64_t n_vec, float* scratch) {
+  for (int64_t h = 0; h < n_vec; ++h) {
+    const int64_t col = h * kVec;
+    Vec acc[TILE];
+    for (int t = 0; t < TILE; ++t) acc[t] = Vec(0.0f);
+    for (int64_t k = 0; k < sh.K; ++k) {
+      const Vec s = load_one(src + k * sh.s_src + j0 + col);
+      for (int t = 0; t < TILE; ++t) acc[t] = combine_term(acc[t], Vec(weights[(m0 + t) * sh.K + k]), s);
+    }
+    for (int t = 0; t < TILE; ++t) acc[t].store(scratch + (m0 + t) * kColumns + col);
+  }
+}
+
+template <typename S>
+void combine_tiles(const S* src, const float* weights, const CombineShape& sh, int64_t j0, int64_t n_vec,
+                   float* scratch) {
+  int64_t m0 = 0;
+  for (; m0 + kTile <= sh.M; m0 += kTile) combine_tile<kTile>(src, weights, sh, m0, j0, n_vec, scratch);
+  switch (sh.M - m0) {
+    case 0: break;
+    case 1: combine_tile<1>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 2: combine_tile<2>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 3: combine_tile<3>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 4: combine_tile<4>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 5: combine_tile<5>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 6: combine_tile<6>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 7: combine_tile<7>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    default: TORCH_CHECK(false, "unreachable");
+  }
+}
+
+template <typename S, typename O>
+void combine_kernel(const S* src, const float* weights, O* out, const CombineShape& sh) {
+  const int64_t n_blocks = (sh.D + kColumns - 1) / kColumns;
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / (kColumns * std::max<int64_t>(sh.K + sh.M, 1)));
+  at::parallel_for(0, n_blocks, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<float> scratch_buf(static_cast<size_t>(sh.M * kColumns));
+    float* scratch = scratch_buf.data();
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = b * kColumns;
+      const int64_t n = std::min(kColumns, sh.D - j0);
+      const int64_t n_vec = n / kVec;
+      combine_tiles(src, weights, sh, j0, n_vec, scratch);
+      for (int64_t col = n_vec * kVec; col < n; ++col) {  // scalar tail of the last block
+        for (int64_t m = 0; m < sh.M; ++m) {
+          float acc = 0.0f;
+          for (int64_t k = 0; k < sh.K; ++k) {
+            acc = combine_term(acc, weights[m * sh.K + k], load_scalar(src + k * sh.s_src + j0 + col));
+          }
+          scratch[m * kColumns + col] = acc;
+        }
+      }
+      const int64_t n_pair = n / kPair;
+      for (int64_t m = 0; m < sh.M; ++m) {
+        O* o = out + m * sh.s_out + j0;
+        const float* s = scratch + m * kColumns;
+        for (int64_t q = 0; q < n_pair; ++q) {
+          store_pair(o + q * kPair, Vec::loadu(s + q * kPair), Vec::loadu(s + q * kPair + kVec));
+        }
+        for (int64_t col = n_pair * kPair; col < n; ++col) store_scalar(o + col, s[col]);
+      }
+    }
+  });
+}
+
+void combine_out_cpu(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& out) {
+  check_combine_args(src, weights, out, c10::DeviceType::CPU);
+  if (out.numel() == 0) return;
+  const CombineShape sh{src.size(0), weights.size(0), src.size(1), src.stride(0), out.stride(0)};
+  if (sh.K == 0) {  // an empty sum
+    out.zero_();
+    return;
+  }
+  dispatch_storage(src.scalar_type(), [&](auto src_tag) {
+    using S = decltype(src_tag);
+    dispatch_storage(out.scalar_type(), [&](auto out_tag) {
+      using O = decltype(out_tag);
+      combine_kernel<S, O>(src.data_ptr<S>(), weights.data_ptr<float>(), out.data_ptr<O>(), sh);
+    });
+  });
+}
+
+at::Tensor combine_cpu(const at::Tensor& src, const at::Tensor& weights) {
+  at::Tensor out = at::empty({weights.size(0), src.size(1)}, src.options());
+  combine_out_cpu(src, weights, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swarmkern, CPU, m) {
+  m.impl("combine", &combine_cpu);
+  m.impl("combine_out", &combine_out_cpu);
+}
+
+}  // namespace swarmkern::cpu

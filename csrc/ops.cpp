@@ -1,0 +1,23 @@
+// The swarmkern operator library: schemas only. Kernels register themselves per device
+// (csrc/cpu/*.cpp: CPU, csrc/cuda/*.cpp: CUDA); Python adds the fake (meta) implementations
+// (swarmkern/ops/_fake.py). Extra ops may be added from any csrc/cpu/*.cpp with
+// TORCH_LIBRARY_FRAGMENT(swarmkern, m).
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing swarmkern._C loads this library, which runs the registrations below.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "swarmkern operator library", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(swarmkern, m) {
+  m.def(
+      "pso_step_(Tensor(a!) x, Tensor(b!) v, Tensor pbest, Tensor gbest, Tensor gworst, Tensor coef, "
+      "float step) -> ()");
+  m.def(
+      "pso_step_random_(Tensor(a!) x, Tensor(b!) v, Tensor pbest, Tensor gbest, Tensor gworst, Tensor phi, "
+      "float step, int seed, int iteration, int particle_offset, float r_lo, float r_hi, bool normalize) -> ()");
+  m.def("combine(Tensor src, Tensor weights) -> Tensor");
+  m.def("combine_out(Tensor src, Tensor weights, Tensor(a!) out) -> ()");
+}
