@@ -6,7 +6,9 @@ Needs per-example predictions, which a score-only utility cannot give. Two sourc
    class, e.g. log-likelihood of each choice; -inf pads) and `score_predictions(pred [N, C]) -> float`;
 2. otherwise, a multiple-choice JSONL dataset (`dev` / `test` files of {"question", "choices",
    "answer"}, from the utility config or this method's own fields) scored by log-likelihood with the
-   project's batched evaluator; the utility value is then accuracy.
+   project's batched evaluator, with the multiple_choice utility's prompt template and continuation
+   format when that is the utility (its "generate" scoring is replaced by log-likelihood here); the
+   utility value is then accuracy.
 Combination: mean of the experts' per-example probabilities (softmax over classes) or majority `vote`.
 """
 from __future__ import annotations
@@ -62,13 +64,16 @@ class _MultipleChoice:
             limit = getattr(self.cfg, "max_examples" if split == "dev" else "max_test_examples", None)
             exs = load_jsonl(self.files[split], MultipleChoiceExample, limit=limit)
             C = max(len(e.choices) for e in exs)
+            # the multiple_choice utility's own prompt and continuation format when it is the utility
+            prompt = getattr(self.cfg, "_prompt", None) if getattr(self.cfg, "type", "") == "multiple_choice" else None
+            cont_fmt = getattr(self.cfg, "continuation", " {choice}") if prompt else " {choice}"
             ctxs, conts, where = [], [], []
             for i, e in enumerate(exs):
                 for c, choice in enumerate(e.choices):
-                    ctxs.append(e.question)
-                    conts.append(" " + choice)
+                    ctxs.append(prompt(e) if prompt else f"Question: {e.question}\nAnswer:")
+                    conts.append(cont_fmt.format(choice=choice, letter=chr(ord("A") + c)))
                     where.append((i, c))
-            reqs = encode_requests(ev.tokenizer, ctxs, conts)
+            reqs = encode_requests(ev.tokenizer, ctxs, conts, max_length=getattr(self.cfg, "max_length", None))
             answers = torch.tensor([e.answer for e in exs])
             self._cache[split] = (ev, reqs, where, len(exs), C, answers)
         return self._cache[split]
@@ -76,7 +81,7 @@ class _MultipleChoice:
     def predict(self, rows: torch.Tensor, split: str) -> torch.Tensor:
         ev, reqs, where, N, C, _ = self._data(split)
         ll = ev.loglikelihood(rows, reqs, micro_batch=getattr(self.cfg, "micro_batch", 64))  # [B, E]
-        if self.method.length_normalize:
+        if self.method.length_normalize or getattr(self.cfg, "scoring", None) == "loglik_norm":
             ll = ll / torch.tensor([n for n in reqs.n_cont], dtype=torch.float64)
         out = torch.full((rows.shape[0], N, C), float("-inf"), dtype=torch.float64)
         idx = torch.tensor(where)

@@ -1,0 +1,271 @@
+"""`swarmkern compare`: the swarm and the composition baselines on the same experts, utility and splits.
+
+The config is the `swarmkern search` YAML (experts, swarm, utility, output) plus a `compare:` section:
+
+    compare:
+      methods: [best_single, uniform_soup, {type: ties, density: 0.3}, lorahub, ...]  # default: all
+      swarm: true          # run the swarm too (its evaluation count is the searching methods' budget)
+      budget: null         # dev evaluations for searching methods (default: the swarm's; else 100)
+      batch_size: 8        # rows per utility call for the baselines
+      seed: null           # seed of the seeded methods (default: swarm.seed)
+      save_merged: false   # export each method's expert to <output>/merged/<method>/
+      plot: true
+
+Outputs in output.dir: compare.json ({method: {"dev", "test", "evaluations", "seconds", ...}}),
+compare.md (the table), compare.png (bar chart), swarm/ (the swarm's own outputs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from swarmkern.config import (ConfigError, RunConfig, _resolve_paths, _set_path, parse_override,
+                              validate_run_config)
+from swarmkern.swarm.config import SwarmConfig
+
+__all__ = ["CompareSection", "CompareConfig", "DEFAULT_METHODS", "load_compare_config", "run_compare",
+           "format_table"]
+
+DEFAULT_METHODS = ("best_single", "uniform_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+                   "breadcrumbs", "slerp", "multislerp", "greedy_soup", "lorahub", "evolutionary", "ensemble")
+
+
+class CompareSection(BaseModel):
+    """The `compare:` section of a compare config."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    methods: list[str | dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_METHODS),
+                                                description="Baselines: names or {type: name, ...options}.")
+    swarm: bool = Field(True, description="Run the swarm as well.")
+    budget: int | None = Field(None, gt=0, description="Dev evaluations for searching methods "
+                                                        "(default: the swarm's count, or 100 without a swarm).")
+    batch_size: int = Field(8, gt=0, description="Rows per utility call for the baselines.")
+    seed: int | None = Field(None, ge=0, description="Seed of seeded methods (default: swarm.seed).")
+    save_merged: bool = Field(False, description="Export each method's expert to <output>/merged/<method>/.")
+    plot: bool = Field(True, description="Write compare.png.")
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, methods: list) -> list:
+        from swarmkern.merge import parse_method_config
+        if not methods:
+            raise ValueError("give at least one method")
+        names = []
+        for i, m in enumerate(methods):
+            names.append(parse_method_config(m, where=f"compare.methods.{i}").name)
+        dup = sorted({n for n in names if names.count(n) > 1} | ({"swarm"} & set(names)))
+        if dup:
+            raise ValueError(f"method names must be unique and not 'swarm' (use `label:`): {', '.join(dup)}")
+        return methods
+
+
+class CompareConfig(BaseModel):
+    """A search RunConfig plus the compare section (composition, so RunConfig stays untouched)."""
+    model_config = ConfigDict(frozen=True)
+    run: RunConfig
+    compare: CompareSection
+
+
+def _resolve_compare_paths(section: dict, base: Path) -> None:
+    """Relative file paths in method options (e.g. an ensemble's dev/test files) -> absolute."""
+    for m in section.get("methods") or []:
+        if isinstance(m, dict):
+            for key in ("dev", "test", "model"):
+                v = m.get(key)
+                if isinstance(v, str) and not os.path.isabs(os.path.expanduser(v)):
+                    m[key] = str(base / v)
+
+
+def load_compare_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> CompareConfig:
+    """Read, override ("compare.budget=50", "swarm.max_iters=5") and validate a compare config;
+    options: output_dir, seed, max_iters, ... as for `swarmkern search`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections experts, swarm, utility, output, compare")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "output_dir":
+            _set_path(data, "output.dir", os.path.abspath(value))
+        elif key == "overwrite":
+            _set_path(data, "output.overwrite", value)
+        elif key in SwarmConfig.model_fields:
+            _set_path(data, f"swarm.{key}", value)
+        else:
+            raise ConfigError(f"unknown option {key!r}")
+    section = data.pop("compare", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: compare: expected a mapping")
+    base = path.parent.absolute()
+    _resolve_paths(data, base)
+    _resolve_compare_paths(section, base)
+    run = validate_run_config(data, str(path))
+    try:
+        compare = CompareSection.model_validate(section)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if msg.startswith("compare."):  # the method registry already names the field
+            raise ConfigError(f"{path}: {msg}") from None
+        raise ConfigError(f"{path}: compare.{loc}: {msg}") from None
+    return CompareConfig(run=run, compare=compare)
+
+
+# ----------------------------------------------------------------------------------------- running
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None
+
+
+def _run_swarm(cfg: CompareConfig, pool, built, out: Path) -> dict[str, Any]:
+    from swarmkern.swarm import Swarm
+
+    t0 = time.perf_counter()
+    result = Swarm(cfg.run.swarm, pool, built.dev, test_utility=built.test, output_dir=out / "swarm",
+                   overwrite=True).run()
+    s = result.summary
+    return {"dev": _finite(s.get("best_dev_utility")), "test": _finite(s.get("test_utility")),
+            "evaluations": int(s["evaluations"]), "seconds": round(time.perf_counter() - t0, 3),
+            "info": {"iterations": s.get("iterations"), "stop_reason": s.get("stop_reason"),
+                     "best_particle_origin": s.get("best_particle_origin")},
+            "_row": result.best}
+
+
+def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
+    """Run the swarm and every baseline; write compare.json / .md / .png to output.dir; return the
+    results {method: {"dev", "test", "evaluations", "seconds", "info" | "error"}}."""
+    from swarmkern.flat import load_experts, save_expert
+    from swarmkern.merge import MergeContext, parse_method_config, segments_of
+    from swarmkern.swarm.checkpoint import atomic_write_bytes
+    from swarmkern.utilities import build_utility
+
+    run, cmp_ = cfg.run, cfg.compare
+    out = Path(run.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = load_experts(run.expert_sources(), names=run.experts.names)
+    built = build_utility(run.utility, pool)
+    results: dict[str, dict[str, Any]] = {}
+    rows: dict[str, torch.Tensor] = {}
+
+    if cmp_.swarm:
+        echo("running the swarm ...")
+        res = _run_swarm(cfg, pool, built, out)
+        rows["swarm"] = res.pop("_row")
+        results["swarm"] = res
+    budget = cmp_.budget or (results["swarm"]["evaluations"] if "swarm" in results else 100)
+
+    ctx = MergeContext(experts=pool.weights, segments=segments_of(pool.layout), dev=built.dev, test=built.test,
+                       names=list(pool.names), budget=budget, seed=cmp_.seed if cmp_.seed is not None else run.swarm.seed,
+                       batch_size=cmp_.batch_size, utility=built, pool=pool)
+    for spec in cmp_.methods:
+        method = parse_method_config(spec)
+        echo(f"running {method.name} ...")
+        ctx.begin()
+        t0 = time.perf_counter()
+        try:
+            res = method.run(ctx)
+            dev = res.dev
+            if dev is None:
+                dev = float(ctx.score(res.row)[0])
+            seconds = time.perf_counter() - t0
+            test = res.test
+            if test is None and res.row is not None and built.test is not None:
+                from swarmkern.merge.base import to_scores
+                test = float(to_scores(built.test(res.row.unsqueeze(0).to(ctx.experts.dtype)), 1)[0])
+            results[method.name] = {"dev": _finite(dev), "test": _finite(test), "evaluations": ctx.evaluations,
+                                    "seconds": round(seconds, 3), "info": _jsonable(res.info)}
+            if res.row is not None:
+                rows[method.name] = res.row
+        except Exception as err:  # one failing baseline must not lose the others' results
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            results[method.name] = {"dev": None, "test": None, "evaluations": ctx.evaluations,
+                                    "seconds": round(time.perf_counter() - t0, 3), "error": msg}
+            if os.environ.get("SWARMKERN_DEBUG"):
+                traceback.print_exc()
+            echo(f"  {method.name} failed: {msg}")
+
+    atomic_write_bytes(out / "compare.json", json.dumps(results, indent=2).encode())
+    table = format_table(results, budget)
+    atomic_write_bytes(out / "compare.md", (table + "\n").encode())
+    if cmp_.plot:
+        try:
+            plot_compare(results, out / "compare.png")
+        except Exception as err:  # a plotting problem must not hide the numbers
+            echo(f"plot failed: {err}")
+    if cmp_.save_merged:
+        for name, row in rows.items():
+            save_expert(pool, row, out / "merged" / name)
+    built.finalize(out)
+    echo(table)
+    return results
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def format_table(results: dict[str, dict[str, Any]], budget: int | None = None) -> str:
+    """The Markdown table: one row per method (swarm first), dev, test, evaluations, seconds."""
+    lines = ["| method | dev | test | evaluations | seconds | notes |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, r in results.items():
+        note = r.get("error", "")
+        if not note:
+            info = r.get("info") or {}
+            bits = [f"{k}={info[k]}" for k in ("expert", "scaling", "ingredients", "experts", "recipe", "density",
+                                                 "delta_energy_kept", "iterations") if k in info]
+            note = "; ".join(str(b) for b in bits)
+        lines.append(f"| {name} | {_fmt(r['dev'])} | {_fmt(r['test'])} | {r['evaluations']} | "
+                     f"{r['seconds']:.1f} | {note.replace('|', '/')} |")
+    if budget is not None:
+        lines.append(f"\nSearching methods (lorahub, evolutionary) were given {budget} dev evaluations.")
+    return "\n".join(lines)
+
+
+def plot_compare(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """Grouped bars of dev and test utility per method, written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in results.items() if r["dev"] is not None or r["test"] is not None]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.0))
+    for offset, key, color in ((-0.2, "dev", "#4C72B0"), (0.2, "test", "#DD8452")):
+        vals = [results[n][key] if results[n][key] is not None else 0.0 for n in names]
+        ax.bar([i + offset for i in x], vals, width=0.4, label=key, color=color)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_ylabel("utility")
+    ax.set_title("Model Swarms vs composition baselines")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,114 @@
+"""`swarmkern compare` end to end on a tiny model, and its config handling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+pytest.importorskip("peft")
+pytest.importorskip("tokenizers")
+
+from click.testing import CliRunner  # noqa: E402
+
+from swarmkern.cli import main  # noqa: E402
+from swarmkern.compare import format_table, load_compare_config  # noqa: E402
+from swarmkern.testing import cached_tiny_setup  # noqa: E402
+
+FIELDS = {"dev", "test", "evaluations", "seconds"}
+
+
+def _config(tmp_path, **compare):
+    setup = cached_tiny_setup(reward=False, judge=False)
+    d = setup.data
+    return {
+        "experts": {"paths": [str(p) for p in setup.expert_dirs]},
+        "swarm": {"n_particles": 4, "max_iters": 2, "patience": 2, "seed": 3, "progress": False},
+        "utility": {"type": "multiple_choice", "dev": str(d["mc_dev"]), "test": str(d["mc_test"]), "micro_batch": 64},
+        "output": {"dir": str(tmp_path / "run")},
+        "compare": compare,
+    }
+
+
+def _write(tmp_path, config):
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_compare_end_to_end_through_the_cli(tmp_path):
+    methods = ["best_single", "uniform_soup", {"type": "task_arithmetic", "scaling": [0.5, 1.0]},
+               {"type": "ties", "density": 0.5}, "dare_linear", {"type": "dare_ties", "space": "delta"},
+               "breadcrumbs", "slerp", "multislerp", "greedy_soup", "lorahub", "evolutionary",
+               {"type": "ensemble", "k": 2}]
+    cfg = _config(tmp_path, methods=methods, batch_size=4, save_merged=True)
+    result = CliRunner().invoke(main, ["compare", str(_write(tmp_path, cfg))])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = tmp_path / "run"
+    data = json.loads((out / "compare.json").read_text())
+    names = ["swarm", "best_single", "uniform_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+             "breadcrumbs", "slerp", "multislerp", "greedy_soup", "lorahub", "evolutionary", "ensemble"]
+    assert list(data) == names
+    for name, r in data.items():
+        assert FIELDS <= set(r) and "error" not in r, (name, r)
+        assert 0.0 <= r["dev"] <= 1.0 and 0.0 <= r["test"] <= 1.0, (name, r)
+    swarm_evals = data["swarm"]["evaluations"]
+    assert swarm_evals >= 4
+    # equal budgets for the searching methods, the documented counts for the others
+    assert data["lorahub"]["evaluations"] == swarm_evals
+    assert data["evolutionary"]["evaluations"] == swarm_evals
+    assert data["best_single"]["evaluations"] == 3 and data["uniform_soup"]["evaluations"] == 1
+    assert data["task_arithmetic"]["evaluations"] == 2 and data["ensemble"]["evaluations"] == 3 + 2
+    assert data["greedy_soup"]["evaluations"] == 3 + 2
+    assert 0 < data["dare_ties"]["info"]["delta_energy_kept"] <= 1
+    # the best single expert's dev is the max of the experts' own utilities
+    assert data["best_single"]["dev"] == max(data["best_single"]["info"]["expert_dev"].values())
+    # table printed and written, plot written, merged experts exported (and re-scoring one gives its dev)
+    table = (out / "compare.md").read_text()
+    assert "| swarm |" in table and "| ties |" in table and "| swarm |" in result.output
+    assert (out / "compare.png").stat().st_size > 1000
+    from swarmkern.flat import load_experts
+    from swarmkern.utilities import build_utility
+    pool = load_experts([out / "merged" / "ties"])
+    assert float(build_utility(cfg["utility"], pool).dev(pool.weights)[0]) == pytest.approx(data["ties"]["dev"])
+
+
+def test_compare_without_swarm_uses_the_configured_budget(tmp_path):
+    cfg = _config(tmp_path, methods=["uniform_soup", {"type": "evolutionary", "label": "cma"}], swarm=False,
+                  budget=5, plot=False)
+    result = CliRunner().invoke(main, ["compare", str(_write(tmp_path, cfg)), "--set", "compare.budget=6"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data = json.loads((tmp_path / "run" / "compare.json").read_text())
+    assert list(data) == ["uniform_soup", "cma"] and data["cma"]["evaluations"] == 6
+    assert not (tmp_path / "run" / "compare.png").exists()
+
+
+def test_a_failing_method_is_reported_not_fatal(tmp_path):
+    cfg = _config(tmp_path, methods=["uniform_soup", {"type": "ensemble", "dev": str(tmp_path / "missing.jsonl")}],
+                  swarm=False)
+    cfg["utility"] = {"type": "python", "function": "torch:sum", "kwargs": {"dim": 1}}
+    result = CliRunner().invoke(main, ["compare", str(_write(tmp_path, cfg))])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "run" / "compare.json").read_text())
+    assert data["uniform_soup"]["dev"] is not None and "missing.jsonl" in data["ensemble"]["error"]
+
+
+@pytest.mark.parametrize("compare,message", [
+    ({"methods": ["nope"]}, "compare.methods.0.type: unknown method 'nope'"),
+    ({"methods": [{"type": "ties", "density": "x"}]}, "compare.methods.0.density"),
+    ({"methods": ["ties", "ties"]}, "must be unique"),
+    ({"budget": 0}, "compare.budget"),
+    ({"colour": "red"}, "compare.colour: unknown field"),
+])
+def test_bad_compare_sections_are_one_line_errors(tmp_path, compare, message):
+    path = _write(tmp_path, _config(tmp_path, **compare))
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_compare_config(path)
+    result = CliRunner().invoke(main, ["compare", str(path)])
+    assert result.exit_code != 0 and message.split(":")[0] in result.output
+
+
+def test_format_table_marks_missing_values():
+    table = format_table({"a": {"dev": 0.5, "test": None, "evaluations": 3, "seconds": 1.0, "info": {"scaling": 0.5}},
+                          "b": {"dev": None, "test": None, "evaluations": 0, "seconds": 0.0, "error": "boom"}})
+    assert "| a | 0.5000 | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | 0 | 0.0 | boom |" in table
