@@ -113,7 +113,8 @@ def _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step: float, k_lo: 
     P, D = x.shape
     if P == 0 or D == 0:
         return
-    block = block or (min(1024, _elementwise_block(D, 4)))
+    # Philox needs registers for 4 words per element: fp32-sized blocks whatever the storage
+    block = block or _elementwise_block(D, 4)
     ppp = particles_per_program or _particle_split(P, D, block)
     kernel = launch(_k.pso_step_random_kernel) if launch else _k.pso_step_random_kernel
     grid = (triton.cdiv(D, block), triton.cdiv(P, ppp))
