@@ -7,11 +7,17 @@ Layout of `<output_dir>/checkpoint/`:
 Each file is written under a temporary name, fsync'ed and renamed; the `latest` pointer is replaced
 last and older files are deleted only after it, so a process killed at any moment (SIGKILL included)
 leaves either the previous or the new checkpoint complete and pointed to.
+
+With several processes (state["world_size"] > 1) each rank also keeps its previous checkpoint until
+it writes the next one: ranks meet in a collective between two checkpoints, so the newest iteration
+that every rank has finished is always on disk. `load_checkpoint(..., collective=c)` finds that
+iteration and reads only the rows `c` owns now, from whichever shards hold them (re-sharding).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,11 +74,22 @@ def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.T
     atomic_write_json(ckdir / f"latest-rank{rank}.json",
                       {"iteration": iteration, "tensors": f"{stem}.safetensors", "state": f"{stem}.json"})
     _fsync_dir(ckdir)
-    keep = {f"{stem}.safetensors", f"{stem}.json"}
-    for old in ckdir.glob(f"ckpt-*-rank{rank}.*"):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
-    for tmp in ckdir.glob(".*.tmp"):  # left by a process killed mid-write
+    world_size = int(state.get("world_size", 1))
+    floor = iteration
+    if world_size > 1:  # keep this rank's previous checkpoint: the others may not have finished this one
+        floor = max((it for r, it, _ in _shards(ckdir) if r == rank and it < iteration), default=iteration)
+    for r, it, path in _shards(ckdir):
+        # this rank's older files; on rank 0 also those of ranks a previous, larger world left behind
+        if it < floor and (r == rank or (rank == 0 and r >= world_size)):
+            path.unlink(missing_ok=True)
+            path.with_suffix(".safetensors").unlink(missing_ok=True)
+    if rank == 0:
+        for pointer in ckdir.glob("latest-rank*.json"):
+            m = re.fullmatch(r"latest-rank(\d+)\.json", pointer.name)
+            if m and int(m.group(1)) >= world_size:
+                pointer.unlink(missing_ok=True)
+    # temporary files left by this rank when killed mid-write (never another rank's: it may be writing)
+    for tmp in [*ckdir.glob(f".ckpt-*-rank{rank}.*.tmp"), *ckdir.glob(f".latest-rank{rank}.json.*.tmp")]:
         tmp.unlink(missing_ok=True)
     return ckdir / f"{stem}.json"
 
@@ -81,9 +98,14 @@ def has_checkpoint(output_dir: Path, rank: int = 0) -> bool:
     return (Path(output_dir) / CHECKPOINT_DIR / f"latest-rank{rank}.json").is_file()
 
 
-def load_checkpoint(output_dir: Path, rank: int = 0, device: str | torch.device = "cpu"
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, state) of the latest complete checkpoint; FileNotFoundError when there is none."""
+def load_checkpoint(output_dir: Path, rank: int = 0, device: str | torch.device = "cpu", *,
+                    collective: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) of the latest complete checkpoint; FileNotFoundError when there is none.
+    Without `collective`: rank `rank`'s own latest shard. With a Collective: the newest iteration
+    every rank of the run that wrote it has finished, x/v/pbest restricted to the rows the collective
+    owns now (any world size), gworst, and rank 0's state (it holds the history size)."""
+    if collective is not None:
+        return load_sharded(output_dir, collective, device)
     from safetensors.torch import load_file
 
     ckdir = Path(output_dir) / CHECKPOINT_DIR
@@ -94,3 +116,75 @@ def load_checkpoint(output_dir: Path, rank: int = 0, device: str | torch.device 
     state = json.loads((ckdir / latest["state"]).read_text())
     tensors = load_file(str(ckdir / latest["tensors"]), device=str(device))
     return tensors, state
+
+
+_SHARD = re.compile(r"ckpt-(\d+)-rank(\d+)\.json")
+
+
+def _shards(ckdir: Path) -> list[tuple[int, int, Path]]:
+    """(rank, iteration, state path) of every shard state file in `ckdir`."""
+    found = []
+    for path in ckdir.glob("ckpt-*-rank*.json"):
+        m = _SHARD.fullmatch(path.name)
+        if m:
+            found.append((int(m.group(2)), int(m.group(1)), path))
+    return found
+
+
+def latest_complete(output_dir: Path) -> tuple[int, list[dict[str, Any]]] | None:
+    """The newest iteration whose shards from every rank of the run that wrote it are on disk and
+    tile the particles: (iteration, [state of rank 0, 1, ...]); None when there is none."""
+    ckdir = Path(output_dir) / CHECKPOINT_DIR
+    by_iter: dict[int, dict[int, Path]] = {}
+    for r, it, path in _shards(ckdir):
+        by_iter.setdefault(it, {})[r] = path
+    for it in sorted(by_iter, reverse=True):
+        paths = by_iter[it]
+        try:
+            states = [json.loads(paths[0].read_text())]
+            world = int(states[0].get("world_size", 1))
+            states += [json.loads(paths[r].read_text()) for r in range(1, world)]
+        except (KeyError, OSError, ValueError):  # a rank missing, or a file being replaced right now
+            continue
+        n = states[0]["book"]["n_particles"]
+        spans = [tuple(s["owned"]) for s in states]
+        # a shard left by an earlier run with another world size may share the iteration number
+        if all(int(s.get("world_size", 1)) == world for s in states) and \
+                all(a == b for (_, a), (b, _) in zip(spans, spans[1:])) and spans[0][0] == 0 and spans[-1][1] == n \
+                and all(paths[r].with_suffix(".safetensors").is_file() for r in range(world)):
+            return it, states
+    return None
+
+
+def load_sharded(output_dir: Path, collective: Any, device: str | torch.device = "cpu"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The rows `collective.owned(P)` of x, v, pbest [n_owned, D] and gworst [D] from the latest
+    complete checkpoint, whatever world size wrote it; each process reads only its own rows."""
+    from safetensors import safe_open
+
+    found = latest_complete(output_dir)
+    if found is None:
+        raise FileNotFoundError(f"{output_dir}: no complete checkpoint to resume from "
+                                f"(no iteration has the shards of every rank in {CHECKPOINT_DIR}/)")
+    iteration, states = found
+    ckdir = Path(output_dir) / CHECKPOINT_DIR
+    state = states[0]
+    owned = collective.owned(int(state["book"]["n_particles"]))
+    dtype = getattr(torch, state["dtype"])
+    parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "pbest": []}
+    gworst = None
+    for r, s in enumerate(states):
+        a, b = s["owned"]
+        lo, hi = max(a, owned.start), min(b, owned.stop)
+        if lo >= hi and gworst is not None:
+            continue
+        with safe_open(str(ckdir / f"ckpt-{iteration:07d}-rank{r}.safetensors"), "pt", device=str(device)) as f:
+            if gworst is None:
+                gworst = f.get_tensor("gworst")
+            if lo < hi:
+                for name in parts:
+                    parts[name].append(f.get_slice(name)[lo - a:hi - a])
+    tensors = {name: torch.cat(p) if p else torch.empty(0, int(state["dim"]), dtype=dtype, device=device)
+               for name, p in parts.items()}
+    tensors["gworst"] = gworst
+    return tensors, dict(state, owned=[owned.start, owned.stop], world_size=collective.world_size)
