@@ -130,7 +130,7 @@ class Swarm:
         exactly where the uninterrupted run would have (same buffers, same history)."""
         output_dir = Path(output_dir)
         collective = collective or LocalCollective()
-        tensors, state = ckpt.load_checkpoint(output_dir, collective.rank)
+        tensors, state = ckpt.load_checkpoint(output_dir, collective=collective)  # any world size
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
