@@ -44,11 +44,14 @@ else:
             if not torch.cuda.is_available():
                 REASON = ("no CUDA GPU visible to torch and TRITON_INTERPRET is not '1' "
                           "(set it before triton is imported to run the kernels on CPU)")
+            elif torch.version.hip is not None:
+                REASON = "ROCm GPU: the kernels round with NVIDIA PTX instructions (mul.rn.f32 & co.)"
             else:
-                triton.runtime.driver.active.get_current_device()
-                AVAILABLE, REASON = True, f"Triton {triton.__version__} on {torch.cuda.get_device_name()}"
+                # no device query here: that would initialise CUDA at import (and break fork())
+                AVAILABLE = True
+                REASON = f"Triton {triton.__version__} on CUDA (kernels compile on first use)"
         except Exception as exc:  # noqa: BLE001
-            REASON = f"no working Triton GPU driver ({type(exc).__name__}: {exc})"
+            REASON = f"CUDA check failed ({type(exc).__name__}: {exc})"
 
 
 def _require() -> None:

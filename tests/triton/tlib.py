@@ -49,7 +49,3 @@ def assert_bitwise_equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements differ; first at flat index {i}: "
                              f"{a.flatten()[i].item()!r} vs {b.flatten()[i].item()!r}")
 
-
-def ulp_distance_max(a: torch.Tensor, b: torch.Tensor) -> int:
-    iv = INT_VIEW[a.dtype]
-    return int((a.cpu().view(iv).to(torch.int64) - b.cpu().view(iv).to(torch.int64)).abs().max())
