@@ -1,0 +1,381 @@
+"""Particles sharded across processes, GPUs and nodes with torch.distributed.
+
+    torchrun --nproc-per-node 4 -m swarmkern search run.yaml --resume-if-exists
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+             --rdzv-id $SLURM_JOB_ID --max-restarts 3 -m swarmkern search run.yaml
+
+Each process (rank) holds the x, v and pbest rows of one contiguous block of particles
+(`block_partition`) and scores them on its own device (cuda:LOCAL_RANK with CUDA). Per iteration the
+ranks exchange the utilities (all-gather of P floats, over gloo on the host), and, when they change,
+the global best row (broadcast from the rank owning it) and the global worst row (broadcast from the
+rank that evaluated it), over NCCL on GPUs and gloo on CPUs. Every random draw is keyed by
+(seed, purpose, particle, iteration), so a run gives bit-identical results with any number of ranks.
+
+Failures: every collective has a timeout (SWARMKERN_DIST_TIMEOUT seconds, default 1800); a rank that
+dies or stops answering makes the others raise `DistributedError` (one line: which rank, which
+exchange, how to resume) instead of hanging. Checkpoints are per rank (see swarm/checkpoint.py) and
+resume re-shards to any world size. `launch_search` decides between starting and resuming: it resumes
+with `--resume-if-exists`, or automatically when torchrun restarts the workers of a run that this
+same torchrun job started (`--max-restarts`). See docs/DISTRIBUTED.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from swarmkern.swarm.collective import block_partition
+
+__all__ = ["TorchDistributedCollective", "DistributedError", "LaunchEnv", "launch_env", "init_collective",
+           "distributed_session", "launch_search", "launch_resume", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+
+TIMEOUT_ENV = "SWARMKERN_DIST_TIMEOUT"
+BACKEND_ENV = "SWARMKERN_DIST_BACKEND"
+DEFAULT_TIMEOUT_S = 1800.0
+LAUNCH_JSON = "launch.json"  # written by rank 0 of a run started under torchrun (auto-resume on restarts)
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: a rank died, timed out or the rendezvous broke. The message is one line."""
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What torchrun (or any launcher setting the same variables) tells a worker process."""
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    restart_count: int   # TORCHELASTIC_RESTART_COUNT: worker-group restarts so far
+    run_id: str | None   # TORCHELASTIC_RUN_ID: the rendezvous id of this torchrun job
+
+
+def launch_env(environ: dict[str, str] | None = None) -> LaunchEnv | None:
+    """The launcher's variables, or None when this process was not started by torchrun (no RANK /
+    WORLD_SIZE). Raises ValueError naming the variable when one is malformed."""
+    env = os.environ if environ is None else environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+
+    def num(name: str, default: int) -> int:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+    world = num("WORLD_SIZE", 1)
+    rank = num("RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"environment: RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return LaunchEnv(rank=rank, world_size=world, local_rank=num("LOCAL_RANK", 0),
+                     local_world_size=num("LOCAL_WORLD_SIZE", 1), restart_count=num("TORCHELASTIC_RESTART_COUNT", 0),
+                     run_id=env.get("TORCHELASTIC_RUN_ID"))
+
+
+def timeout_seconds() -> float:
+    """Collective timeout from SWARMKERN_DIST_TIMEOUT (seconds), default 1800. It must exceed the
+    longest time one rank can wait for another: the slowest rank's evaluation of its particles."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {TIMEOUT_ENV}={raw!r} must be positive")
+    return value
+
+
+class TorchDistributedCollective:
+    """The `Collective` of swarm/collective.py over a torch.distributed process group.
+
+    Particles are split into contiguous blocks (`block_partition`, the first P % W ranks one larger).
+    Scores travel as float64 on the host (gloo); rows travel on the swarm's device (NCCL for CUDA
+    tensors when the group has it, else gloo). Errors become `DistributedError`.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None, *, timeout_s: float | None = None):
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised: use init_collective() or "
+                               "dist.init_process_group() first")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.timeout_s = timeout_s if timeout_s is not None else timeout_seconds()
+        backend = str(dist.get_backend(group))
+        self._cuda_ok = "nccl" in backend      # can move CUDA tensors
+        self._cpu_ok = "gloo" in backend or "mpi" in backend  # can move host tensors
+
+    # -- the Collective protocol ----------------------------------------------------------------
+    def owned(self, n_particles: int) -> range:
+        return block_partition(n_particles, self.world_size, self.rank)
+
+    def owner(self, particle: int, n_particles: int) -> int:
+        if not 0 <= particle < n_particles:
+            raise IndexError(f"particle {particle} is not in [0, {n_particles})")
+        base, extra = divmod(n_particles, self.world_size)
+        if particle < extra * (base + 1):
+            return particle // (base + 1)
+        return extra + (particle - extra * (base + 1)) // base
+
+    def all_gather_scores(self, local: torch.Tensor, n_particles: int) -> torch.Tensor:
+        """This rank's float64 values [n_owned] -> every particle's [P] (host, float64, in order)."""
+        counts = [len(block_partition(n_particles, self.world_size, r)) for r in range(self.world_size)]
+        if local.numel() != counts[self.rank]:
+            raise ValueError(f"rank {self.rank}: {local.numel()} scores for {counts[self.rank]} owned particles")
+        width = max(counts)  # all_gather needs equal sizes: pad each block to the largest one
+        send = torch.full((width,), float("nan"), dtype=torch.float64)
+        send[:counts[self.rank]] = local.detach().to("cpu", torch.float64)
+        device = self._transport_device(send)
+        parts = [torch.empty(width, dtype=torch.float64, device=device) for _ in range(self.world_size)]
+        with self._guard("all_gather of the utilities"):
+            dist.all_gather(parts, send.to(device), group=self.group)
+        return torch.cat([p[:c].cpu() for p, c in zip(parts, counts)])
+
+    def broadcast_row(self, row: torch.Tensor | None, owner: int, out: torch.Tensor | None) -> torch.Tensor:
+        """The owner's [D] row on every rank, copied into `out` (required on every rank but the owner)."""
+        if out is None:
+            if self.rank != owner:
+                raise ValueError("broadcast_row: `out` is required on ranks that do not own the row")
+            out = torch.empty_like(row)
+        if self.rank == owner:
+            if row is None:
+                raise ValueError(f"broadcast_row: rank {owner} owns the row but was given none")
+            if row.data_ptr() != out.data_ptr():
+                out.copy_(row)
+        device = self._transport_device(out)
+        buf = out if out.device == device else out.to(device)
+        with self._guard(f"broadcast of a row from rank {owner}"):
+            dist.broadcast(buf, src=dist.get_global_rank(self.group, owner) if self.group else owner,
+                           group=self.group)
+        if buf is not out:
+            out.copy_(buf)
+        return out
+
+    # -- helpers for the launcher -----------------------------------------------------------------
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """A picklable object from rank `src` on every rank (host transport)."""
+        box = [obj if self.rank == src else None]
+        with self._guard(f"broadcast of a decision from rank {src}"):
+            dist.broadcast_object_list(box, src=src, group=self.group,
+                                       device=None if self._cpu_ok else torch.device("cuda", torch.cuda.current_device()))
+        return box[0]
+
+    def barrier(self) -> None:
+        """Every rank reaches this point, or DistributedError naming the missing ranks (gloo's
+        monitored barrier) after the timeout."""
+        with self._guard("barrier"):
+            if str(dist.get_backend(self.group)) == "gloo":  # monitored_barrier exists for gloo only
+                dist.monitored_barrier(group=self.group, timeout=timedelta(seconds=self.timeout_s),
+                                       wait_all_ranks=True)
+            else:
+                dist.barrier(group=self.group)
+
+    def _transport_device(self, t: torch.Tensor) -> torch.device:
+        if t.device.type == "cuda":
+            return t.device if self._cuda_ok else torch.device("cpu")
+        if self._cpu_ok:
+            return torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device())  # an NCCL-only group: stage on the GPU
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except DistributedError:
+            raise
+        except RuntimeError as err:  # DistBackendError, DistNetworkError, gloo/NCCL errors
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            missing = re.search(r"[Rr]anks? ([\d, ]+) failed to pass monitoredBarrier", str(err))
+            who = f"rank(s) {missing.group(1).strip()} did not arrive" if missing else \
+                "another rank died or stopped responding"
+            raise DistributedError(
+                f"rank {self.rank} of {self.world_size}: {what} failed: {who} ({first[:300]}; timeout "
+                f"{self.timeout_s:.0f} s, {TIMEOUT_ENV}). Resume from the last checkpoint with "
+                f"`swarmkern search CONFIG --resume-if-exists` (torchrun --max-restarts does it automatically)"
+            ) from err
+
+
+def init_collective(device: str = "cpu", *, environ: dict[str, str] | None = None,
+                    timeout_s: float | None = None) -> TorchDistributedCollective | None:
+    """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT) and return its collective; None outside torchrun or with one process.
+
+    device: the swarm's device. With CUDA the process takes cuda:LOCAL_RANK as its current device and
+    the group is "cpu:gloo,cuda:nccl" (rows over NCCL, utilities over gloo); otherwise gloo.
+    SWARMKERN_DIST_BACKEND overrides the backend string.
+    """
+    env = launch_env(environ)
+    if env is None or env.world_size == 1:
+        return None
+    timeout_s = timeout_s if timeout_s is not None else timeout_seconds()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ValueError(f"swarm.device: {device!r} but CUDA is not available on rank {env.rank}")
+        if env.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={env.local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                             "start at most one process per GPU (--nproc-per-node)")
+        torch.cuda.set_device(env.local_rank)
+    backend = os.environ.get(BACKEND_ENV) or ("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
+                                    world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as err:
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise DistributedError(f"rank {env.rank} of {env.world_size}: cannot join the process group "
+                                   f"({backend}, MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
+                                   f"MASTER_PORT={os.environ.get('MASTER_PORT')}): {first[:300]}") from err
+    return TorchDistributedCollective(timeout_s=timeout_s)
+
+
+def close_collective(collective: TorchDistributedCollective | None, *, ok: bool) -> None:
+    """Leave the process group: after a clean run all ranks meet first (so a rank lost at the very
+    end is reported); after a failure the group is torn down without waiting for anyone."""
+    if collective is None or not dist.is_initialized():
+        return
+    if ok:
+        collective.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "cpu") -> Iterator[TorchDistributedCollective | None]:
+    """`init_collective` ... `close_collective`; yields None outside torchrun (one process)."""
+    collective = init_collective(device)
+    ok = False
+    try:
+        yield collective
+        ok = True
+    finally:
+        close_collective(collective, ok=ok)
+
+
+# -- the `swarmkern search` / `swarmkern resume` entry points -----------------------------------------
+def _check_device(config: Any, env: LaunchEnv | None) -> None:
+    """An explicit cuda:N would put every local rank on the same GPU."""
+    if env is None or env.local_world_size <= 1:
+        return
+    for where, value in (("swarm.device", config.swarm.device), ("utility.device", config.utility.get("device"))):
+        if isinstance(value, str) and re.fullmatch(r"cuda:\d+", value):
+            raise ValueError(f"{where}: {value!r} names one GPU but torchrun starts {env.local_world_size} "
+                             "processes on this node; use 'cuda' (each process takes cuda:LOCAL_RANK)")
+
+
+def _comparable(config: Any) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    data["output"].pop("overwrite", None)
+    data["swarm"].pop("progress", None)
+    return data
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where} ({b!r} in the run, {a!r} now)"
+
+
+def _decide(config: Any, resume_if_exists: bool, env: LaunchEnv | None) -> str:
+    """'resume' or 'start' (raises FileExistsError / ConfigError): decided on rank 0 only."""
+    from swarmkern.config import RUN_CONFIG_NAME, ConfigError, load_run_config
+    from swarmkern.swarm.checkpoint import has_checkpoint
+
+    out = Path(config.output.dir)
+    if not has_checkpoint(out):
+        return "start"
+    marker = _read_json(out / LAUNCH_JSON)
+    restarted = env is not None and env.restart_count > 0 and marker.get("run_id") == env.run_id
+    if not (resume_if_exists or restarted):
+        if config.output.overwrite:
+            return "start"
+        raise FileExistsError(f"{out}: already holds a run; resume it (--resume-if-exists, swarmkern resume DIR) "
+                              "or start afresh (--overwrite)")
+    saved = out / RUN_CONFIG_NAME
+    if saved.is_file():
+        diff = _first_difference(_comparable(config), _comparable(load_run_config(saved)))
+        if diff:
+            raise ConfigError(f"{out}: cannot resume, the config differs from the run's: {diff}; "
+                              "start afresh with --overwrite or use the same config")
+    return "resume"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _agree(collective: TorchDistributedCollective | None, fn) -> Any:
+    """Run `fn` on rank 0 and give every rank its result (or raise its exception on every rank)."""
+    if collective is None:
+        return fn()
+    outcome: tuple[str, Any] = ("ok", None)
+    if collective.rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except Exception as err:  # re-raised on every rank below, so that no rank waits for the others
+            outcome = ("error", err)
+    outcome = collective.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
+def launch_search(config: Any, *, resume_if_exists: bool = False) -> Any:
+    """Run (or resume) the search of a RunConfig on every rank of a torchrun job, or in this process
+    alone outside torchrun. Returns the SwarmResult on rank 0 and None on the other ranks.
+
+    Resumes when the output directory holds a checkpoint and either `resume_if_exists` is set or
+    torchrun restarted the workers of a run this torchrun job started (TORCHELASTIC_RESTART_COUNT > 0
+    and TORCHELASTIC_RUN_ID equal to the one in output_dir/launch.json); the config must then equal
+    the run's own (output.overwrite and swarm.progress aside).
+    """
+    from swarmkern.config import resume_search, run_search
+    from swarmkern.swarm.checkpoint import atomic_write_json
+
+    env = launch_env()
+    _check_device(config, env)
+    with distributed_session(config.swarm.device) as coll:
+        action = _agree(coll, lambda: _decide(config, resume_if_exists, env))
+        if action == "resume":
+            result = resume_search(config.output.dir, collective=coll)
+        else:
+            if env is not None and (coll is None or coll.rank == 0):
+                out = Path(config.output.dir)
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(out / LAUNCH_JSON, {"run_id": env.run_id, "world_size": env.world_size})
+            result = run_search(config, collective=coll)
+        return result if coll is None or coll.rank == 0 else None
+
+
+def launch_resume(output_dir: str | Path) -> Any:
+    """`swarmkern resume OUTPUT_DIR` on every rank of a torchrun job (any world size: the checkpoint
+    is re-sharded) or in this process alone. Returns the SwarmResult on rank 0, None elsewhere."""
+    from swarmkern.config import RUN_CONFIG_NAME, ConfigError, load_run_config, resume_search
+
+    cfg_path = Path(output_dir) / RUN_CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ConfigError(f"{output_dir}: no {RUN_CONFIG_NAME}; is this a swarmkern search output directory?")
+    config = load_run_config(cfg_path)
+    _check_device(config, launch_env())
+    with distributed_session(config.swarm.device) as coll:
+        result = resume_search(output_dir, collective=coll)
+        return result if coll is None or coll.rank == 0 else None
