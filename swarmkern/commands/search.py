@@ -40,20 +40,27 @@ def _fail(err: Exception) -> None:
 @click.option("--backend", default=None, help="swarm.backend (kernel backend)")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a previous run in the output directory.")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
+@click.option("--resume-if-exists", is_flag=True, default=False,
+              help="Resume the run in the output directory when it holds a checkpoint (same config), else start. "
+                   "Under torchrun --max-restarts, restarted workers resume automatically (docs/DISTRIBUTED.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a short report.")
 def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, device, backend, overwrite,
-               no_progress, as_json):
+               no_progress, resume_if_exists, as_json):
     """Run a Model Swarms search described by CONFIG (YAML: experts, swarm, utility, output)."""
-    from swarmkern.config import ConfigError, load_run_config, run_search
+    from swarmkern.config import ConfigError, load_run_config
+    from swarmkern.distributed import DistributedError, launch_search
     from swarmkern.flat import IncompatibleExperts
 
     try:
         cfg = load_run_config(config, overrides, output_dir=output_dir, seed=seed, max_iters=max_iters,
                               n_particles=n_particles, device=device, backend=backend, overwrite=overwrite,
                               progress=False if no_progress else None)
-        result = run_search(cfg)
-    except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError) as err:
+        result = launch_search(cfg, resume_if_exists=resume_if_exists)  # torchrun: one rank per process
+    except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError,
+            DistributedError) as err:
         _fail(err)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
     else:
@@ -65,12 +72,15 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a short report.")
 def resume_cmd(output_dir, as_json):
     """Continue a killed search from the last checkpoint in OUTPUT_DIR (ends as if never interrupted)."""
-    from swarmkern.config import ConfigError, resume_search
+    from swarmkern.config import ConfigError
+    from swarmkern.distributed import DistributedError, launch_resume
 
     try:
-        result = resume_search(output_dir)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+        result = launch_resume(output_dir)  # under torchrun: any number of processes (re-sharded)
+    except (ConfigError, FileNotFoundError, ValueError, DistributedError) as err:
         _fail(err)
+    if result is None:
+        return
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
     else:
