@@ -5,6 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <utility>
+
 namespace swarmkern {
 
 inline bool is_storage_dtype(at::ScalarType t) {
@@ -43,6 +46,30 @@ inline void check_swarm_args(const char* op, const at::Tensor& x, const at::Tens
   }
   TORCH_CHECK(P <= 1 || (x.stride(0) >= D && v.stride(0) >= D), op,
               ": rows of x and v must not overlap (row stride >= D)");
+}
+
+// Byte range [first, last) spanned by a 2-D tensor with unit column stride.
+inline std::pair<uintptr_t, uintptr_t> byte_range(const at::Tensor& t) {
+  const auto first = reinterpret_cast<uintptr_t>(t.data_ptr());
+  if (t.numel() == 0) return {first, first};
+  const int64_t span = (t.size(0) - 1) * t.stride(0) + t.size(1);
+  return {first, first + static_cast<uintptr_t>(span) * t.element_size()};
+}
+
+inline bool ranges_overlap(const at::Tensor& a, const at::Tensor& b) {
+  const auto ra = byte_range(a), rb = byte_range(b);
+  return ra.first < rb.second && rb.first < ra.second;
+}
+
+// True when every row of `out` is either exactly a row of `src` or disjoint from all of src's rows.
+inline bool rows_coincide(const at::Tensor& src, const at::Tensor& out) {
+  if (src.scalar_type() != out.scalar_type()) return false;
+  if (src.size(0) > 1 && out.size(0) > 1 && src.stride(0) != out.stride(0)) return false;
+  const int64_t stride = src.size(0) > 1 ? src.stride(0) : out.stride(0);
+  if (stride < src.size(1) || stride == 0) return false;
+  const auto delta = static_cast<int64_t>(reinterpret_cast<uintptr_t>(out.data_ptr()) -
+                                          reinterpret_cast<uintptr_t>(src.data_ptr()));
+  return delta % (stride * static_cast<int64_t>(src.element_size())) == 0;
 }
 
 inline void check_combine_args(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& out,

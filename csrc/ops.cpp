@@ -3,7 +3,10 @@
 // (swarmkern/ops/_fake.py). Extra ops may be added from any csrc/cpu/*.cpp with
 // TORCH_LIBRARY_FRAGMENT(swarmkern, m).
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <string>
 
 // Importing swarmkern._C loads this library, which runs the registrations below.
 PyMODINIT_FUNC PyInit__C(void) {
@@ -11,7 +14,32 @@ PyMODINIT_FUNC PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 
+namespace {
+
+// How this library was compiled (shown by `swarmkern info`).
+std::string build_info() {
+#if defined(CPU_CAPABILITY_AVX512)
+  std::string isa = "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  std::string isa = "AVX2";
+#else
+  std::string isa = "DEFAULT";
+#endif
+#if defined(__AVX512BF16__)
+  isa += "+BF16";
+#endif
+#if defined(_OPENMP)
+  const std::string parallel = "OpenMP";
+#else
+  const std::string parallel = "no OpenMP (serial)";
+#endif
+  return "isa=" + isa + " parallel=" + parallel + " threads=" + std::to_string(at::get_num_threads());
+}
+
+}  // namespace
+
 TORCH_LIBRARY(swarmkern, m) {
+  m.def("build_info() -> str", &build_info);
   m.def(
       "pso_step_(Tensor(a!) x, Tensor(b!) v, Tensor pbest, Tensor gbest, Tensor gworst, Tensor coef, "
       "float step) -> ()");

@@ -100,6 +100,14 @@ void combine_out_cpu(const at::Tensor& src, const at::Tensor& weights, const at:
     out.zero_();
     return;
   }
+  // The kernel stores a column block only after reading it from every src row, so rows of out that are
+  // rows of src are fine; any other overlap goes through a temporary.
+  if (ranges_overlap(src, out) && !rows_coincide(src, out)) {
+    const at::Tensor tmp = at::empty(out.sizes(), out.options());
+    combine_out_cpu(src, weights, tmp);
+    out.copy_(tmp);
+    return;
+  }
   dispatch_storage(src.scalar_type(), [&](auto src_tag) {
     using S = decltype(src_tag);
     dispatch_storage(out.scalar_type(), [&](auto out_tag) {
@@ -110,6 +118,7 @@ void combine_out_cpu(const at::Tensor& src, const at::Tensor& weights, const at:
 }
 
 at::Tensor combine_cpu(const at::Tensor& src, const at::Tensor& weights) {
+  TORCH_CHECK(src.dim() == 2 && weights.dim() == 2, "swarmkern.combine: src must be [K, D], weights [M, K]");
   at::Tensor out = at::empty({weights.size(0), src.size(1)}, src.options());
   combine_out_cpu(src, weights, out);
   return out;
