@@ -23,8 +23,6 @@ try:  # the knob triton itself reads when @triton.jit decides between compiling 
 except AttributeError:  # older triton without knobs
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-UNIFORM_SCALE = 2.0 ** -24  # uniform = (word >> 8) * 2^-24, as swarmkern/ops/philox.py
-
 if INTERPRET:
     @triton.jit
     def _mul(a, b):
@@ -83,7 +81,7 @@ def _philox_words(k_lo, k_hi, elem, particle, iteration, BLOCK: tl.constexpr):
 @triton.jit
 def _uniform(word):
     """uint32 word -> fp32 uniform in [0, 1) with 24 random bits (exact)."""
-    return (word >> 8).to(tl.float32) * 5.9604644775390625e-08
+    return (word >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24, as swarmkern/ops/philox.py
 
 
 @triton.jit(do_not_specialize=["k_lo", "k_hi", "iteration", "particle"])
