@@ -1,0 +1,173 @@
+"""Checkpoints are atomic and `resume` ends bit-identical to an uninterrupted run, even after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swarmkern.objectives import neg_rastrigin
+from swarmkern.swarm import Swarm, SwarmConfig, has_checkpoint, load_checkpoint
+from swarmkern.swarm.checkpoint import CHECKPOINT_DIR
+
+# The run used by every test here (also executed by the killed subprocesses).
+SCRIPT = r"""
+import sys, torch
+from swarmkern.objectives import neg_rastrigin
+from swarmkern.swarm import Swarm, SwarmConfig, has_checkpoint
+out, dim, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print("START", flush=True)  # imports done: the parent times its kill from here
+if has_checkpoint(out):
+    swarm = Swarm.resume(out, neg_rastrigin, neg_rastrigin)
+else:
+    cfg = SwarmConfig(seed=5, n_particles=8, max_iters=iters, patience=1000, drop_n=0.1, progress=False)
+    init = torch.randn(5, dim, generator=torch.Generator().manual_seed(0))
+    swarm = Swarm(cfg, init, neg_rastrigin, neg_rastrigin, output_dir=out, overwrite=True)
+swarm.run()
+print("DONE", flush=True)
+"""
+
+
+def _config(iters: int) -> SwarmConfig:
+    return SwarmConfig(seed=5, n_particles=8, max_iters=iters, patience=1000, drop_n=0.1, progress=False)
+
+
+def _init(dim: int) -> torch.Tensor:
+    return torch.randn(5, dim, generator=torch.Generator().manual_seed(0))
+
+
+def _final(out: Path) -> dict:
+    tensors, state = load_checkpoint(out)
+    book = {k: v for k, v in state["book"].items() if k not in ("wall_seconds", "history_bytes")}
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for h in history:
+        h.pop("timings")
+    summary = json.loads((out / "summary.json").read_text())
+    for k in ("wall_seconds", "best_path"):
+        summary.pop(k, None)
+    best = load_file(str(out / "best.safetensors"))
+    return {"tensors": tensors, "book": book, "history": history, "summary": summary, "best": best}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["book"] == b["book"]
+    assert a["history"] == b["history"]
+    assert a["summary"] == b["summary"]
+    for name in a["tensors"]:
+        assert torch.equal(a["tensors"][name], b["tensors"][name]), name
+    assert torch.equal(a["best"]["x"], b["best"]["x"])
+
+
+def test_checkpoint_files_and_pointer(tmp_path):
+    Swarm(_config(3), _init(50), neg_rastrigin, output_dir=tmp_path).run()
+    ck = tmp_path / CHECKPOINT_DIR
+    assert sorted(p.name for p in ck.iterdir()) == ["ckpt-0000003-rank0.json", "ckpt-0000003-rank0.safetensors",
+                                                   "latest-rank0.json"]
+    tensors, state = load_checkpoint(tmp_path)
+    assert set(tensors) == {"x", "v", "pbest", "gworst"} and state["book"]["iteration"] == 3
+    assert state["config"]["seed"] == 5
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        Swarm(_config(3), _init(50), neg_rastrigin, output_dir=tmp_path)
+
+
+def test_resume_after_exception_matches_uninterrupted(tmp_path):
+    full = tmp_path / "full"
+    Swarm(_config(12), _init(300), neg_rastrigin, neg_rastrigin, output_dir=full).run()
+
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("evaluator crashed")
+        return neg_rastrigin(rows)
+
+    part = tmp_path / "part"
+    with pytest.raises(RuntimeError, match="crashed"):
+        Swarm(_config(12), _init(300), flaky, neg_rastrigin, output_dir=part).run()
+    assert has_checkpoint(part)
+    resumed = Swarm.resume(part, neg_rastrigin, neg_rastrigin)
+    assert resumed.book.iteration == 5
+    resumed.run()
+    _assert_same(_final(full), _final(part))
+
+
+def test_resume_ignores_half_written_files(tmp_path):
+    """A newer checkpoint file without its pointer, stray temporaries and a half-written history line
+    (what SIGKILL in the middle of a checkpoint leaves) do not change the result."""
+    full = tmp_path / "full"
+    Swarm(_config(6), _init(100), neg_rastrigin, output_dir=full).run()
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def stop_at_4(rows):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return neg_rastrigin(rows)
+
+    with pytest.raises(KeyboardInterrupt):
+        Swarm(_config(6), _init(100), stop_at_4, output_dir=part).run()
+    ck = part / CHECKPOINT_DIR
+    (ck / "ckpt-0000004-rank0.safetensors").write_bytes(b"\x00" * 100)  # half-written next checkpoint
+    (ck / ".ckpt-0000004-rank0.json.abc.tmp").write_text("{")
+    with open(part / "history.jsonl", "a") as f:
+        f.write('{"iteration": 4, "utilit')
+    Swarm.resume(part, neg_rastrigin).run()
+    _assert_same(_final(full), _final(part))
+    assert not list(ck.glob(".*.tmp"))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        Swarm.resume(tmp_path, neg_rastrigin)
+
+
+def _spawn(out: Path, dim: int, iters: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), str(dim), str(iters)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """Kill the search with SIGKILL at random moments of its work (initialisation, updates, evaluations,
+    checkpoint writes), resume each time, and compare with a run that was never interrupted."""
+    dim, iters = 50_000, 20
+    full = tmp_path / "full"
+    proc = _spawn(full, dim, iters)
+    assert proc.stdout.readline().strip() == "START"
+    t0 = time.perf_counter()
+    out, err = proc.communicate(timeout=300)
+    work_s = time.perf_counter() - t0
+    assert proc.returncode == 0 and "DONE" in out, err
+
+    part = tmp_path / "part"
+    rng = random.Random(1234)
+    kills = 0
+    progress: list[int] = []  # the checkpointed iteration at each kill
+    for attempt in range(20):
+        proc = _spawn(part, dim, iters)
+        assert proc.stdout.readline().strip() == "START", proc.stderr.read()
+        try:
+            out, err = proc.communicate(timeout=rng.uniform(0.0, 0.35 * work_s))
+            assert proc.returncode == 0 and "DONE" in out, err  # it finished before its kill time
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            kills += 1
+            if has_checkpoint(part):
+                progress.append(json.loads((part / CHECKPOINT_DIR / "latest-rank0.json").read_text())["iteration"])
+    else:
+        pytest.fail(f"never finished; checkpointed iterations at the kills: {progress}")
+    assert kills >= 3, progress
+    assert any(0 < it < iters for it in progress), progress  # killed in the middle of the search
+    _assert_same(_final(full), _final(part))
