@@ -25,6 +25,11 @@ __all__ = ["pso_step_", "pso_step_random_", "combine", "available_backends", "ba
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 
+# Load the compiled libraries now (cheap), so that their schemas and fake implementations exist before
+# anyone traces a call, and so that tracing only reads cached results.
+_extension.cpu_status()
+_extension.cuda_status()
+
 
 def _status(name: str) -> _extension.BackendStatus:
     if name == "cpu":

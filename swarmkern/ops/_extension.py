@@ -6,7 +6,6 @@ compiled part only makes its backend unavailable.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -23,9 +22,42 @@ class BackendStatus:
     reason: str
 
 
-@functools.lru_cache(maxsize=None)
+# Results of the loaders, computed once. A plain dict rather than functools.lru_cache: torch.compile
+# traces through lru_cache wrappers (it would re-run the imports) but reads a filled dict as a constant.
+_STATUS: dict[str, BackendStatus] = {}
+_TRITON: dict[str, ModuleType | None] = {}
+
+
 def cpu_status() -> BackendStatus:
     """The C++ CPU library (also holds the op schemas that the CUDA library implements)."""
+    if "cpu" not in _STATUS:
+        _STATUS["cpu"] = _load_cpu()
+    return _STATUS["cpu"]
+
+
+def cuda_status() -> BackendStatus:
+    """The CUDA library: needs the CPU library (schemas), a CUDA build of torch and a visible GPU."""
+    if "cuda" not in _STATUS:
+        _STATUS["cuda"] = _load_cuda()
+    return _STATUS["cuda"]
+
+
+def triton_status() -> BackendStatus:
+    """Imports the Triton module on first call (only when the Triton backend is asked about)."""
+    if "triton" not in _STATUS:
+        _TRITON["module"], _STATUS["triton"] = _load_triton()
+    return _STATUS["triton"]
+
+
+def triton_module() -> ModuleType:
+    status = triton_status()
+    module = _TRITON.get("module")
+    if module is None or not status.available:
+        raise RuntimeError(f"swarmkern: the triton backend is unavailable: {status.reason}")
+    return module
+
+
+def _load_cpu() -> BackendStatus:
     try:
         importlib.import_module("swarmkern._C")
     except ImportError as exc:
@@ -38,9 +70,7 @@ def cpu_status() -> BackendStatus:
     return BackendStatus(True, f"C++ extension ({info})")
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_status() -> BackendStatus:
-    """The CUDA library: needs the CPU library (schemas), a CUDA build of torch and a visible GPU."""
+def _load_cuda() -> BackendStatus:
     if not cpu_status().available:
         return BackendStatus(False, "needs the C++ extension swarmkern._C, which is unavailable")
     if not torch.version.cuda:
@@ -54,11 +84,11 @@ def cuda_status() -> BackendStatus:
         return BackendStatus(False, f"CUDA extension swarmkern._C_cuda {why}")
     if not torch.cuda.is_available():
         return BackendStatus(False, "CUDA extension built, but no GPU is visible")
-    return BackendStatus(True, f"CUDA extension on {torch.cuda.get_device_name()}")
+    # Not get_device_name(): that would initialise CUDA at import time (bad before fork()).
+    return BackendStatus(True, f"CUDA extension ({torch.cuda.device_count()} GPU(s) visible)")
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_module() -> tuple[ModuleType | None, BackendStatus]:
+def _load_triton() -> tuple[ModuleType | None, BackendStatus]:
     try:
         module = importlib.import_module("swarmkern.ops.triton_backend")
     except Exception as exc:  # ImportError, or triton failing inside its own import
@@ -67,17 +97,6 @@ def _triton_module() -> tuple[ModuleType | None, BackendStatus]:
     reason = str(getattr(module, "REASON", "")) or ("Triton" if available else "unavailable")
     return module, BackendStatus(available, reason)
 
-
-def triton_status() -> BackendStatus:
-    """Imports the Triton module on first call (only when the Triton backend is asked about)."""
-    return _triton_module()[1]
-
-
-def triton_module() -> ModuleType:
-    module, status = _triton_module()
-    if module is None or not status.available:
-        raise RuntimeError(f"swarmkern: the triton backend is unavailable: {status.reason}")
-    return module
 
 
 def triton_interpreter() -> bool:
