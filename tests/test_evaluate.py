@@ -104,6 +104,30 @@ def test_prefix_sharing_and_micro_batch_do_not_change_results(setup):
     torch.testing.assert_close(a.loglikelihood(big[::2], req), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_shared_context_scoring_matches_peft(setup):
+    """Choices of one question reuse its KV cache: sums must equal PEFT's whole-sequence scores."""
+    tok = load_tokenizer(setup.model_dir)
+    pool = load_experts(setup.expert_dirs)
+    ctx = ["Q: What is 3+4?\nA:"] * 3 + ["Hi"] * 2 + ["a much longer context, yes"] * 3
+    cont = [" 7", " 12", " seven", " there", "!", " x", " yz", " 1234"]
+    req = encode_requests(tok, ctx, cont)
+    assert len(req.contexts) == 3 and req.owner == [0, 0, 0, 1, 1, 2, 2, 2]
+    for share_prefix in (True, False):
+        ev = LoraEvaluator(fresh_model(setup.model_dir), tok, pool.layout, pool.adapter_config,
+                           share_prefix=share_prefix)
+        ev.share_context = False
+        whole = ev.loglikelihood(pool.weights, req)
+        ev.share_context = True
+        for mb in (64, 5, 1):
+            torch.testing.assert_close(ev.loglikelihood(pool.weights, req, micro_batch=mb), whole,
+                                       rtol=1e-6, atol=1e-5)
+    for k, d in enumerate(setup.expert_dirs):
+        ref = peft_logits(setup.model_dir, d, req.ids)
+        sums = torch.tensor([lg.log_softmax(-1)[len(s) - n - 1:len(s) - 1].gather(1, torch.tensor(s[len(s) - n:])[:, None]).sum()
+                             for lg, s, n in zip(ref, req.ids, req.n_cont)], dtype=torch.float64)
+        torch.testing.assert_close(whole[k], sums, rtol=1e-5, atol=1e-5)
+
+
 def test_generation_matches_peft_generate(setup):
     tok = load_tokenizer(setup.model_dir)
     pool = load_experts(setup.expert_dirs)

@@ -30,34 +30,46 @@ __all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
 @dataclass
 class Requests:
     """Tokenised (context, continuation) pairs, made once per dataset by `encode_requests`.
-    ids[e]: context + continuation token ids; n_cont[e]: how many trailing ids are scored."""
-    ids: list[list[int]]
-    n_cont: list[int]
+    contexts: the distinct contexts' ids; owner[e]: request e's context; conts[e]: its continuation
+    ids (the scored tokens). ids[e] = contexts[owner[e]] + conts[e] (the whole sequence)."""
+    contexts: list[list[int]]
+    owner: list[int]
+    conts: list[list[int]]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.conts)
+
+    @property
+    def ids(self) -> list[list[int]]:
+        return [self.contexts[o] + k for o, k in zip(self.owner, self.conts)]
+
+    @property
+    def n_cont(self) -> list[int]:
+        return [len(k) for k in self.conts]
 
 
 def encode_requests(tokenizer, contexts: Sequence[str], continuations: Sequence[str], *,
                     max_length: int | None = None) -> Requests:
-    """Tokenise pairs (the context with the tokenizer's special tokens, the continuation without);
-    contexts are cut from the left when context + continuation exceeds `max_length`."""
+    """Tokenise pairs (the context with the tokenizer's special tokens, the continuation without).
+    Equal contexts are stored once (a question shared by its choices is computed once per particle).
+    A context is cut from the left when it plus its longest continuation exceeds `max_length`."""
     if len(contexts) != len(continuations):
         raise ValueError("encode_requests: contexts and continuations differ in length")
-    ctx_ids = tokenizer(list(contexts), add_special_tokens=True)["input_ids"]
-    cont_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-    ids, n_cont = [], []
-    for c, k in zip(ctx_ids, cont_ids):
+    index: dict[str, int] = {}
+    owner = [index.setdefault(c, len(index)) for c in contexts]
+    unique = list(index)
+    ctx_ids = [list(x) for x in tokenizer(unique, add_special_tokens=True)["input_ids"]] if unique else []
+    conts = [list(x) for x in tokenizer(list(continuations), add_special_tokens=False)["input_ids"]] if contexts else []
+    longest = [0] * len(unique)
+    for o, k in zip(owner, conts):
         if not k:
-            raise ValueError(f"encode_requests: continuation tokenises to nothing (context {tokenizer.decode(c)!r})")
-        seq = list(c) + list(k)
-        if max_length is not None and len(seq) > max_length:
-            if len(k) >= max_length:
-                raise ValueError(f"encode_requests: continuation of {len(k)} tokens exceeds max_length={max_length}")
-            seq = seq[len(seq) - max_length:]
-        ids.append(seq)
-        n_cont.append(len(k))
-    return Requests(ids, n_cont)
+            raise ValueError(f"encode_requests: continuation tokenises to nothing (context {unique[o]!r})")
+        if max_length is not None and len(k) >= max_length:
+            raise ValueError(f"encode_requests: continuation of {len(k)} tokens exceeds max_length={max_length}")
+        longest[o] = max(longest[o], len(k))
+    if max_length is not None:
+        ctx_ids = [c[max(0, len(c) + n - max_length):] for c, n in zip(ctx_ids, longest)]
+    return Requests(ctx_ids, owner, conts)
 
 
 class _Runner(nn.Module):
@@ -111,6 +123,7 @@ class ParticleEvaluator:
         self.tokenizer = tokenizer
         self.runner = _Runner(model)
         self.share_prefix = share_prefix
+        self.share_context = True  # score continuations of one context from its KV cache
         self._expand: tuple[int, int] | None = None  # (n, Pb) while a shared-prefix pass runs
         self._memo: dict[int, torch.Tensor] = {}
         self._hooks: list = []
@@ -164,21 +177,87 @@ class ParticleEvaluator:
     def loglikelihood(self, rows: torch.Tensor | None, requests: Requests, *,
                       micro_batch: int = 64) -> torch.Tensor:
         """Sum of log p(continuation | context) for every particle and request: [P, E] float64
-        (P = 1 when rows is None). rows [P, D] are row views of the swarm buffer."""
+        (P = 1 when rows is None). rows [P, D] are row views of the swarm buffer.
+
+        When contexts are shared (the choices of a question), each context runs once per particle
+        and its KV cache is reused by every continuation; otherwise each sequence runs whole."""
         P = 1 if rows is None else rows.shape[0]
         E = len(requests)
         out = torch.empty(P, E, dtype=torch.float64)
-        order = sorted(range(E), key=lambda e: len(requests.ids[e]))  # similar lengths share a batch
+        grouped = self.share_context and len(requests.contexts) < E
         for p0, p1 in self._particle_chunks(P, micro_batch):
             pb = p1 - p0
             sub = None if rows is None else rows[p0:p1]
-            n = max(1, micro_batch // pb)
             with self._bound(sub):
+                if grouped:
+                    for ctx_idx, req_idx in _context_batches(requests, max(1, micro_batch // pb)):
+                        local = {c: i for i, c in enumerate(ctx_idx)}
+                        out[p0:p1, req_idx] = self._loglik_shared_context(
+                            sub, pb, [requests.contexts[c] for c in ctx_idx],
+                            [requests.conts[e] for e in req_idx], [local[requests.owner[e]] for e in req_idx])
+                    continue
+                ids, n_cont = requests.ids, requests.n_cont
+                order = sorted(range(E), key=lambda e: len(ids[e]))  # similar lengths share a batch
+                n = max(1, micro_batch // pb)
                 for s in range(0, E, n):
                     idx = order[s:s + n]
-                    out[p0:p1, idx] = self._loglik_batch(sub, pb, [requests.ids[e] for e in idx],
-                                                         [requests.n_cont[e] for e in idx])
+                    out[p0:p1, idx] = self._loglik_batch(sub, pb, [ids[e] for e in idx], [n_cont[e] for e in idx])
         return out
+
+    def _loglik_shared_context(self, rows, pb: int, ctxs: list[list[int]], conts: list[list[int]],
+                               owner: list[int]) -> torch.Tensor:
+        """[pb, len(conts)] log-likelihoods: contexts [n_q] prefilled once into the KV cache (left
+        padded), then every continuation [n_e] attends to its own context's cached rows."""
+        from transformers import DynamicCache
+
+        dev = self.device
+        n_q, n_e = len(ctxs), len(conts)
+        ids0, mask0 = self._left_padded(ctxs)
+        cache = DynamicCache(config=self.model.config)
+        shared = self._sharing(pb)
+        ids, mask = (ids0, mask0) if shared or pb == 1 else (ids0.repeat(pb, 1), mask0.repeat(pb, 1))
+        with self._expanding(n_q if shared else None, pb):
+            last = self._call(rows, input_ids=ids, attention_mask=mask,
+                              position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache, select=None)
+        own = torch.tensor(owner, device=dev)
+        row_of = (torch.arange(pb, device=dev)[:, None] * n_q + own[None]).reshape(-1)  # [pb * n_e]
+        first = torch.tensor([k[0] for k in conts], device=dev).repeat(pb)
+        total = torch.log_softmax(last, -1)[row_of].gather(1, first[:, None])[:, 0].double()
+        if max(len(k) for k in conts) > 1:
+            # every continuation row gets its own copy of its context's cached keys and values
+            lower = self.shared_layers[1] if shared else 0
+            for l, layer in enumerate(cache.layers):
+                idx = own if l < lower else row_of
+                layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
+            kid, kmask, Tk = self._right_padded(conts)
+            full_mask = torch.cat([mask0.index_select(0, own), kmask], 1)
+            pos = mask0.sum(1).index_select(0, own)[:, None] + torch.arange(Tk, device=dev)[None]
+            flat, tgt, seg = [], [], []
+            for e, k in enumerate(conts):  # position j predicts token j+1; token 0 came from the context
+                flat.extend(range(e * Tk, e * Tk + len(k) - 1))
+                tgt.extend(k[1:])
+                seg.extend([e] * (len(k) - 1))
+            flat_t, tgt_t, seg_t = (torch.tensor(v, device=dev, dtype=torch.long) for v in (flat, tgt, seg))
+            sel = (torch.arange(pb, device=dev)[:, None] * (n_e * Tk) + flat_t[None]).reshape(-1)
+            if not shared and pb > 1:
+                kid, full_mask, pos = kid.repeat(pb, 1), full_mask.repeat(pb, 1), pos.repeat(pb, 1)
+            with self._expanding(n_e if shared else None, pb):
+                logits = self._call(rows, input_ids=kid, attention_mask=full_mask, position_ids=pos,
+                                    cache=cache, select=sel)
+            logp = torch.log_softmax(logits, -1).gather(1, tgt_t.repeat(pb)[:, None])[:, 0].double()
+            seg_all = (torch.arange(pb, device=dev)[:, None] * n_e + seg_t[None]).reshape(-1)
+            total = total.index_add(0, seg_all, logp)
+        return total.view(pb, n_e).cpu()
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, T] ids and mask, left padded: every row's last token is at position T-1."""
+        n, T = len(seqs), max(len(s) for s in seqs)
+        ids = torch.full((n, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, T), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """[n, T] ids and mask, right padded: real tokens keep positions 0..len-1."""
@@ -272,13 +351,8 @@ class ParticleEvaluator:
         from transformers import DynamicCache
 
         dev, tok = self.device, self.tokenizer
-        n, T = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((n, T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((n, T), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token is at position T
-            ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, T - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        n = len(prompts)
+        ids, mask = self._left_padded(prompts)  # every row's next token is at position T
         cache = DynamicCache(config=self.model.config)
         shared = self._sharing(pb) and hasattr(cache, "layers")
         if not shared and pb > 1:
@@ -375,3 +449,21 @@ class PlainEvaluator(ParticleEvaluator):
     def _bind(self, rows: torch.Tensor) -> Iterator[None]:
         raise ValueError("PlainEvaluator runs the unadapted model: pass rows=None")
         yield
+
+
+def _context_batches(requests: Requests, rows: int) -> list[tuple[list[int], list[int]]]:
+    """Group requests by context (contexts sorted by length) into batches of about `rows` requests:
+    [(context indices, request indices)]; a context's requests never straddle two batches."""
+    by_ctx: dict[int, list[int]] = {}
+    for e, o in enumerate(requests.owner):
+        by_ctx.setdefault(o, []).append(e)
+    batches, ctx, req = [], [], []
+    for c in sorted(by_ctx, key=lambda c: len(requests.contexts[c])):
+        if req and len(req) + len(by_ctx[c]) > rows:
+            batches.append((ctx, req))
+            ctx, req = [], []
+        ctx.append(c)
+        req.extend(by_ctx[c])
+    if req:
+        batches.append((ctx, req))
+    return batches
