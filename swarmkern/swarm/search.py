@@ -305,6 +305,8 @@ class Swarm:
         if u[best_now] > book.u_gbest:
             book.gbest_index = best_now  # the first particle reaching the new best (reference)
             self._point_gbest()
+        elif book.gbest_index in improved:  # gbest's own pbest row moved: refresh the other processes' copy
+            self._point_gbest()
         book.g_history.append(book.u_gbest)
         worst = self._new_worst(u, book.u_worst, first=False, exclude=bad_rows)
         if worst is not None:
