@@ -19,7 +19,9 @@ __all__ = ["LoraHub"]
 @register_method("lorahub")
 class LoraHub(MergeMethod):
     """NGOpt over weights in [lower, upper]^K (LoraHub: [-1.5, 1.5], start at 0, L1 0.05), spending
-    `budget` dev evaluations (default: the compare budget, i.e. the swarm's count), `batch` at a time."""
+    `budget` dev evaluations (default: the compare budget, i.e. the swarm's count), `batch` at a time
+    (LoraHub: 1, sequential; NGOpt then runs Cobyla for small budgets. With batch > 1 NGOpt picks a
+    MetaModel that nevergrad 1.0.12 breaks under numpy 2: use optimizer NgIohTuned or CMA)."""
     type: str = "lorahub"
     lower: float = -1.5
     upper: float = 1.5
@@ -28,7 +30,8 @@ class LoraHub(MergeMethod):
     l1: float = Field(0.05, ge=0, description="weight of mean|w| added to -utility")
     optimizer: str = Field("NGOpt", description="any nevergrad optimizer name")
     budget: int | None = Field(None, gt=0, description="dev evaluations (default: the compare budget)")
-    batch: int | None = Field(None, gt=0, description="candidates per utility call (default: ctx.batch_size)")
+    batch: int = Field(1, gt=0, description="candidates asked before telling (num_workers) and scored per "
+                                            "utility call; LoraHub: 1")
     searches = True
 
     def run(self, ctx: MergeContext) -> MethodResult:
@@ -41,7 +44,7 @@ class LoraHub(MergeMethod):
         if not self.lower < self.upper:
             raise ValueError(f"{self.name}: lower must be < upper")
         K, budget = ctx.K, self.budget or ctx.budget
-        batch = self.batch or ctx.batch_size
+        batch = self.batch
         init = np.zeros(K) if self.init == "zeros" else np.full(K, 1.0 / K)
         param = ng.p.Array(init=np.clip(init, self.lower, self.upper), lower=self.lower, upper=self.upper)
         param.random_state = np.random.RandomState(ctx.seed % (2 ** 32))
@@ -49,7 +52,11 @@ class LoraHub(MergeMethod):
         best_w, best_u, trace = None, float("-inf"), []
         spent = 0
         while spent < budget:
-            cands = [opt.ask() for _ in range(min(batch, budget - spent))]
+            try:
+                cands = [opt.ask() for _ in range(min(batch, budget - spent))]
+            except TypeError as err:  # nevergrad 1.0.12's MetaModel (NGOpt with batch > 1) vs numpy 2
+                raise RuntimeError(f"{self.name}: nevergrad {self.optimizer} failed ({err}); with batch > 1 "
+                                   "use optimizer: NgIohTuned or CMA") from None
             w = torch.tensor(np.stack([c.value for c in cands]), dtype=torch.float32)
             scores = ctx.score(ctx.mix(w))
             spent += len(cands)
