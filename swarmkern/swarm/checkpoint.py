@@ -42,6 +42,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors straight to a temporary file (no in-memory copy of the buffers), fsync, rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=indent).encode())
 
@@ -62,13 +79,11 @@ def _fsync_dir(path: Path) -> None:
 def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.Tensor],
                     state: dict[str, Any], rank: int = 0) -> Path:
     """Write one checkpoint atomically and point `latest-rank<r>.json` at it."""
-    from safetensors.torch import save
-
     ckdir = Path(output_dir) / CHECKPOINT_DIR
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = f"ckpt-{iteration:07d}-rank{rank}"
     cpu = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
-    atomic_write_bytes(ckdir / f"{stem}.safetensors", save(cpu))
+    atomic_save_safetensors(ckdir / f"{stem}.safetensors", cpu)
     atomic_write_json(ckdir / f"{stem}.json", state)
     _fsync_dir(ckdir)
     atomic_write_json(ckdir / f"latest-rank{rank}.json",
