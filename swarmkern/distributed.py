@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from swarmkern.swarm.collective import block_partition
 
-__all__ = ["TorchDistributedCollective", "DistributedError", "LaunchEnv", "launch_env", "init_collective",
+__all__ = ["TorchDistributedCollective", "DistributedError", "block_owner", "LaunchEnv", "launch_env", "init_collective",
            "distributed_session", "launch_search", "launch_resume", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "SWARMKERN_DIST_TIMEOUT"
@@ -98,6 +98,16 @@ def timeout_seconds() -> float:
     return value
 
 
+def block_owner(particle: int, n_particles: int, world_size: int) -> int:
+    """The rank whose `block_partition` block holds `particle` (the inverse of block_partition)."""
+    if not 0 <= particle < n_particles:
+        raise IndexError(f"particle {particle} is not in [0, {n_particles})")
+    base, extra = divmod(n_particles, world_size)
+    if particle < extra * (base + 1):
+        return particle // (base + 1)
+    return extra + (particle - extra * (base + 1)) // base
+
+
 class TorchDistributedCollective:
     """The `Collective` of swarm/collective.py over a torch.distributed process group.
 
@@ -123,12 +133,7 @@ class TorchDistributedCollective:
         return block_partition(n_particles, self.world_size, self.rank)
 
     def owner(self, particle: int, n_particles: int) -> int:
-        if not 0 <= particle < n_particles:
-            raise IndexError(f"particle {particle} is not in [0, {n_particles})")
-        base, extra = divmod(n_particles, self.world_size)
-        if particle < extra * (base + 1):
-            return particle // (base + 1)
-        return extra + (particle - extra * (base + 1)) // base
+        return block_owner(particle, n_particles, self.world_size)
 
     def all_gather_scores(self, local: torch.Tensor, n_particles: int) -> torch.Tensor:
         """This rank's float64 values [n_owned] -> every particle's [P] (host, float64, in order)."""
@@ -197,15 +202,24 @@ class TorchDistributedCollective:
         except DistributedError:
             raise
         except RuntimeError as err:  # DistBackendError, DistNetworkError, gloo/NCCL errors
-            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            first = _first_sentence(err)
             missing = re.search(r"[Rr]anks? ([\d, ]+) failed to pass monitoredBarrier", str(err))
             who = f"rank(s) {missing.group(1).strip()} did not arrive" if missing else \
                 "another rank died or stopped responding"
             raise DistributedError(
-                f"rank {self.rank} of {self.world_size}: {what} failed: {who} ({first[:300]}; timeout "
+                f"rank {self.rank} of {self.world_size}: {what} failed: {who} ({first}; timeout "
                 f"{self.timeout_s:.0f} s, {TIMEOUT_ENV}). Resume from the last checkpoint with "
                 f"`swarmkern search CONFIG --resume-if-exists` (torchrun --max-restarts does it automatically)"
             ) from err
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The gist of a backend error: its first line, without gloo's "[file.cc:123] " prefix, up to the
+    end of its first sentence, at most 200 characters."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", text)
+    m = re.match(r"(.+?\.)(\s|$)", text)
+    return (m.group(1) if m else text)[:200].rstrip(".")
 
 
 def init_collective(device: str = "cpu", *, environ: dict[str, str] | None = None,
@@ -232,13 +246,17 @@ def init_collective(device: str = "cpu", *, environ: dict[str, str] | None = Non
     backend = os.environ.get(BACKEND_ENV) or ("cpu:gloo,cuda:nccl" if cuda else "gloo")
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
-                                    world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+            timeout = timedelta(seconds=timeout_s)
+            store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world_size, timeout=timeout))
+            # torchrun keeps its store across --max-restarts: without a per-attempt prefix, gloo would
+            # read the addresses of the previous attempt's (dead) workers and fail to connect.
+            store = dist.PrefixStore(f"swarmkern/attempt{env.restart_count}", store)
+            dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
+                                    timeout=timeout)
         except (RuntimeError, ValueError) as err:
-            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise DistributedError(f"rank {env.rank} of {env.world_size}: cannot join the process group "
                                    f"({backend}, MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
-                                   f"MASTER_PORT={os.environ.get('MASTER_PORT')}): {first[:300]}") from err
+                                   f"MASTER_PORT={os.environ.get('MASTER_PORT')}): {_first_sentence(err)}") from err
     return TorchDistributedCollective(timeout_s=timeout_s)
 
 
