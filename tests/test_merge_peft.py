@@ -111,3 +111,12 @@ def test_registry_ties_over_a_layout_equals_peft_per_tensor():
         ts = [experts[k, s.offset:s.stop].reshape(s.shape) for k in range(3)]
         assert torch.allclose(row[s.offset:s.stop].reshape(s.shape), pm.ties(ts, torch.tensor(w), 0.3),
                               rtol=1e-6, atol=1e-7)
+
+
+def test_magnitude_trim_with_duplicate_magnitudes_equals_peft():
+    """Rows with ties at the threshold take the topk path: the selection is still PEFT's."""
+    x = torch.randint(-3, 4, (4, 1000), generator=torch.Generator().manual_seed(0)).float()
+    out = magnitude_trim(x, 0.3)
+    for r in range(4):
+        assert torch.equal(out[r], pm.magnitude_based_pruning(x[r], 0.3))
+        assert int((out[r] != 0).sum()) == 300

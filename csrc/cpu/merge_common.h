@@ -3,6 +3,12 @@
 // swarmkern/merge/ties.py (elect_sign, disjoint_merge) and swarmkern/merge/dare.py (dare_merge).
 #pragma once
 
+// The op namespace: swarmkern in swarmkern._C; swarmkern.merge.kernels.load_jit() builds these files
+// into a private namespace so a fresh build of the current sources never clashes with swarmkern._C.
+#ifndef SWARMKERN_MERGE_LIBRARY
+#define SWARMKERN_MERGE_LIBRARY swarmkern
+#endif
+
 #include <ATen/ATen.h>
 
 #include <cstdint>

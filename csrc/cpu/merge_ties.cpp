@@ -46,10 +46,10 @@ at::Tensor merge_ties_disjoint_cpu(const at::Tensor& trimmed, const at::Tensor& 
 }  // namespace
 }  // namespace swarmkern
 
-TORCH_LIBRARY_FRAGMENT(swarmkern, m) {
+TORCH_LIBRARY_FRAGMENT(SWARMKERN_MERGE_LIBRARY, m) {
   m.def("merge_ties_disjoint(Tensor trimmed, Tensor weights, int method) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(swarmkern, CPU, m) {
+TORCH_LIBRARY_IMPL(SWARMKERN_MERGE_LIBRARY, CPU, m) {
   m.impl("merge_ties_disjoint", &swarmkern::merge_ties_disjoint_cpu);
 }

@@ -3,7 +3,9 @@ whose pure-PyTorch counterparts in ties.py / dare.py are the spec.
 
 The kernels live in swarmkern._C (setup.py compiles every csrc/cpu/*.cpp). When that extension is
 missing or predates these ops, `available()` is False and every caller uses the pure path.
-`load_jit()` builds just these two files with torch.utils.cpp_extension (tests, benchmarks).
+`load_jit()` compiles the current csrc/cpu/merge_*.cpp with torch.utils.cpp_extension into the private
+op namespace `swarmkern_merge_jit` and switches these wrappers to it (tests and benchmarks use it, so
+they always exercise the sources, never a stale swarmkern._C).
 """
 from __future__ import annotations
 
@@ -15,20 +17,27 @@ import torch
 __all__ = ["available", "use_fused", "ties_disjoint_merge", "dare_merge", "load_jit"]
 
 _SIGN_METHODS = {"total": 0, "frequency": 1}
-_state: dict[str, bool] = {}
+_JIT_NAMESPACE = "swarmkern_merge_jit"
+_state: dict[str, object] = {"ns": "swarmkern"}
 
 
 def _ops():
-    return torch.ops.swarmkern
+    return getattr(torch.ops, str(_state["ns"]))
+
+
+def namespace() -> str:
+    """The op namespace the wrappers call: "swarmkern" (swarmkern._C) or the JIT build's."""
+    return str(_state["ns"])
 
 
 def available() -> bool:
     """True when the fused merge ops are registered (importing swarmkern._C if needed)."""
     if not _state.get("ok"):
-        try:
-            importlib.import_module("swarmkern._C")
-        except ImportError:
-            pass
+        if _state["ns"] == "swarmkern":
+            try:
+                importlib.import_module("swarmkern._C")
+            except ImportError:
+                pass
         try:
             _ops().merge_ties_disjoint, _ops().merge_dare  # noqa: B018 - lookups raise when missing
             _state["ok"] = True
@@ -39,10 +48,11 @@ def available() -> bool:
 
 
 def _register_fakes() -> None:
-    """Meta implementations, so torch.compile / FakeTensor can trace the ops (once per process)."""
-    if _state.get("fakes"):
+    """Meta implementations, so torch.compile / FakeTensor can trace the ops (once per namespace)."""
+    ns = str(_state["ns"])
+    if _state.get(f"fakes:{ns}"):
         return
-    _state["fakes"] = True
+    _state[f"fakes:{ns}"] = True
 
     def _ties_fake(trimmed, weights, method):
         return trimmed.new_empty((trimmed.shape[1],))
@@ -50,7 +60,7 @@ def _register_fakes() -> None:
     def _dare_fake(src, weights, density, seed, offset, ties, method):
         return src.new_empty((src.shape[1],))
 
-    for name, fn in (("swarmkern::merge_ties_disjoint", _ties_fake), ("swarmkern::merge_dare", _dare_fake)):
+    for name, fn in ((f"{ns}::merge_ties_disjoint", _ties_fake), (f"{ns}::merge_dare", _dare_fake)):
         try:
             torch.library.register_fake(name, fn)
         except RuntimeError:  # already registered (e.g. by swarmkern.ops)
@@ -95,23 +105,27 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
-def load_jit(build_dir: str | Path | None = None, verbose: bool = False) -> None:
-    """Compile csrc/cpu/merge_*.cpp with torch.utils.cpp_extension.load and register the ops (for a
-    checkout whose swarmkern._C predates them). No-op when the ops are already registered."""
-    if available():
-        return
+def load_jit(build_dir: str | Path | None = None, verbose: bool = False) -> str:
+    """Compile the current csrc/cpu/merge_*.cpp (cached by torch while the sources are unchanged) into
+    the op namespace swarmkern_merge_jit and use it from now on. Returns the namespace."""
+    if _state["ns"] == _JIT_NAMESPACE:
+        return _JIT_NAMESPACE
     from torch.utils.cpp_extension import load
 
     root = Path(__file__).resolve().parents[2]
     sources = sorted(str(p) for p in (root / "csrc" / "cpu").glob("merge_*.cpp"))
     if not sources:
         raise FileNotFoundError(f"no csrc/cpu/merge_*.cpp under {root}")
-    flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    # built on and for this machine: its own vector ISA; no FMA contraction (bit-exact with PyTorch)
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-march=native",
+             f"-DSWARMKERN_MERGE_LIBRARY={_JIT_NAMESPACE}"]
     if build_dir is not None:
         Path(build_dir).mkdir(parents=True, exist_ok=True)
-    load("swarmkern_merge_jit", sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
+    load(_JIT_NAMESPACE, sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
          extra_include_paths=[str(root / "csrc" / "include"), str(root / "csrc" / "cpu")],
          build_directory=str(build_dir) if build_dir else None, is_python_module=False, verbose=verbose)
+    _state["ns"] = _JIT_NAMESPACE
     _state.pop("ok", None)
     if not available():
         raise RuntimeError("built the merge kernels but their ops are not registered")
+    return _JIT_NAMESPACE

@@ -28,12 +28,22 @@ def magnitude_trim(block: torch.Tensor, density: float) -> torch.Tensor:
         return block
     if density < 0:
         raise ValueError(f"density must be >= 0, got {density}")
-    k = int(density * block.shape[1])
-    out = torch.zeros_like(block)
+    n = block.shape[1]
+    k = int(density * n)
     if k == 0:
-        return out
-    idx = torch.topk(block.abs(), k=k, dim=1, largest=True).indices
-    return out.scatter_(1, idx, block.gather(1, idx))
+        return torch.zeros_like(block)
+    # Fast path: the k-th largest magnitude as a threshold (quickselect). Where a row has duplicates at
+    # the threshold the kept count differs from k and that row takes torch.topk, as PEFT does, so the
+    # selection always equals PEFT's.
+    mag = block.abs()
+    thr = torch.kthvalue(mag, n - k + 1, dim=1, keepdim=True).values
+    keep = mag >= thr
+    out = torch.where(keep, block, torch.zeros((), dtype=block.dtype, device=block.device))
+    for r in (keep.sum(dim=1) != k).nonzero().flatten().tolist():
+        idx = torch.topk(mag[r], k=k, largest=True).indices
+        out[r].zero_()
+        out[r, idx] = block[r, idx]
+    return out
 
 
 def outlier_trim(block: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
