@@ -340,19 +340,18 @@ class ExpertPool:
             for src in self._sources:
                 yield self._read(src, name, handles, stack)
 
-    def fill_rows(self, out: torch.Tensor, coef: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    def fill_rows(self, out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """out[m] = sum_k coef[m, k] * expert_k for every row m (out [M, D], coef [M, K]); see fill."""
-        self.fill([(out, coef)], backend=backend)
+        self.fill([(out, coef)])
         return out
 
-    def fill(self, targets: Sequence[tuple[torch.Tensor, torch.Tensor]], *, backend: str | None = None) -> None:
+    def fill(self, targets: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """For each (out [M, D], coef [M, K]): out[m] = sum_k coef[m, k] * expert_k, accumulated in
-        fp32 by `ops.combine` in the order k = 0..K-1. Works one tensor name at a time, so each expert
-        file is opened once, each of its tensors read once, and at most one tensor of each expert is
-        held beside the outputs. A row of zeros in coef gives the all-zero expert (for LoRA
+        fp32 in the order k = 0..K-1 (terms with coef 0 are skipped; rows that are exactly one expert
+        are copied bit for bit). Streams one tensor of one expert at a time: each expert file is
+        opened once, each tensor read once, and beside the outputs only that tensor and an fp32
+        accumulator for one tensor name are held. A row of zeros gives the all-zero expert (for LoRA
         adapters: the base model itself)."""
-        from swarmkern import ops
-
         prepared = []
         for out, coef in targets:
             M, K = coef.shape
@@ -360,27 +359,30 @@ class ExpertPool:
                 raise ValueError(f"fill: out {list(out.shape)} / coef {list(coef.shape)} do not match "
                                  f"K={len(self)}, D={self.layout.numel}")
             coef = coef.to(torch.float64)
-            # Rows that are exactly one expert are copied (exact even where 0 * x would be NaN).
             onehot = ((coef == 0) | (coef == 1)).all(1) & ((coef == 1).sum(1) == 1)
-            copies = [(m, int(coef[m].argmax())) for m in range(M) if onehot[m]]
-            mixed = torch.tensor([m for m in range(M) if not onehot[m]], dtype=torch.long)
-            weights = coef[mixed].to(device=out.device, dtype=torch.float32)
-            prepared.append((out, copies, mixed, weights))
+            copies = {k: [m for m in range(M) if onehot[m] and coef[m, k] == 1] for k in range(K)}
+            mixed = [m for m in range(M) if not onehot[m]]
+            weights = coef[mixed].to(torch.float32)  # [len(mixed), K]
+            terms = {k: [j for j in range(len(mixed)) if weights[j, k] != 0] for k in range(K)}
+            prepared.append((out, copies, mixed, weights, terms))
         with ExitStack() as stack:
             handles: dict[Path, Any] = {}
             for e in self.layout.entries:
-                src = torch.stack([self._read(s, e.name, handles, stack).reshape(-1) for s in self._sources])
-                for out, copies, mixed, weights in prepared:
-                    src_d = src.to(out.device)
-                    for m, k in copies:
-                        out[m, e.offset:e.stop].copy_(src_d[k])
-                    if len(mixed):
-                        part = torch.empty(len(mixed), e.numel, dtype=out.dtype, device=out.device)
-                        ops.combine(src_d, weights, out=part, backend=backend)
-                        out[mixed.to(out.device), e.offset:e.stop] = part
-                        del part
-                    del src_d
-                del src
+                accs = [torch.zeros(len(mixed), e.numel, dtype=torch.float32, device=out.device)
+                        for out, _, mixed, _, _ in prepared]
+                for k, src in enumerate(self._sources):
+                    t = self._read(src, e.name, handles, stack).reshape(-1)
+                    for (out, copies, mixed, weights, terms), acc in zip(prepared, accs):
+                        td = t.to(out.device)
+                        for m in copies[k]:
+                            out[m, e.offset:e.stop].copy_(td)
+                        for j in terms[k]:
+                            acc[j].add_(td.float() * weights[j, k].to(out.device))
+                    del t
+                for (out, _, mixed, _, _), acc in zip(prepared, accs):
+                    if mixed:
+                        out[torch.tensor(mixed, device=out.device), e.offset:e.stop] = acc.to(out.dtype)
+                del accs
 
     def describe(self) -> dict[str, Any]:
         """JSON description (no numbers): enough to export rows in this pool's format later."""

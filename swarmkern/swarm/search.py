@@ -205,7 +205,7 @@ class Swarm:
             u = uniforms(cfg.seed, Purpose.VELOCITY_PARTNER, own, 0)[:, 0].tolist()
             partners = [other_index(ui, i, P) for ui, i in zip(u, own)]
             targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
-        self.pool.fill(targets, backend=cfg.backend)
+        self.pool.fill(targets)
         buf.pbest.copy_(buf.x)
 
         t0 = time.perf_counter()
