@@ -112,3 +112,33 @@ def test_bad_experts_and_missing_files(workdir):
         load_run_config(p)
     res = CliRunner().invoke(main, ["resume", str(workdir)])
     assert res.exit_code != 0 and "no config.yaml" in res.output
+
+
+def test_the_documented_example_config_is_valid(workdir):
+    """docs/CONFIG.md's complete example validates (with the experts and output swapped for this test)."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text()
+    data = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
+    documented = set(data["swarm"])
+    from swarmkern.swarm import SwarmConfig
+
+    assert documented == set(SwarmConfig.model_fields)  # every field is documented, none invented
+    data["experts"] = {"glob": "expert_*.safetensors"}
+    data["swarm"].update(max_iters=2, n_particles=6, progress=False)
+    path = workdir / "doc.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(main, ["search", str(path)])
+    assert res.exit_code == 0, res.output
+
+
+def test_search_never_imports_transformers(workdir):
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from swarmkern import Swarm, SwarmConfig, load_experts; "
+            "from swarmkern.config import load_run_config; import swarmkern.commands.search; "
+            "Swarm(SwarmConfig(max_iters=2, progress=False), torch.randn(3, 5), lambda r: -r.pow(2).sum(1)).run(); "
+            "print('transformers' in sys.modules, 'peft' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
