@@ -198,6 +198,8 @@ def test_killed_rank_fails_fast_and_the_run_resumes_with_other_world_sizes(tmp_p
         assert code == 0, f"rank {rank}: {err[-2000:]}"
     ref = _run_record(tmp_path / "one")
     _assert_same(ref, _run_record(tmp_path / "alone"))
+    alone = {p.name for p in (tmp_path / "alone" / "checkpoint").iterdir()}
+    assert all("rank0" in n for n in alone), alone  # one process: the shards of rank 1 were cleaned up
     _assert_same(ref, _run_record(out))
     left = {p.name.split("-rank")[1] for p in (out / "checkpoint").glob("ckpt-*.json")}
     assert left == {"0.json", "1.json", "2.json"}
@@ -275,3 +277,41 @@ def test_collective_errors_are_one_clear_line():
                        "typically caused by a remote worker crashing.\nmore")
     assert _first_sentence(err) == "Connection closed by peer [127.0.0.1]:5"
     assert issubclass(DistributedError, RuntimeError)
+
+
+class _Block:
+    """A collective stand-in for loading: rank `rank` of `world` (no process group needed)."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world_size = rank, world
+
+    def owned(self, n: int) -> range:
+        return block_partition(n, self.world_size, self.rank)
+
+
+def test_an_unfinished_iteration_is_skipped_and_rows_reshard(tmp_path):
+    from swarmkern.swarm.checkpoint import save_checkpoint
+
+    P, dim = 5, 3
+    rows = {t: torch.arange(P * dim, dtype=torch.float32).reshape(P, dim) + 100 * t for t in (1, 2, 3)}
+
+    def write(t: int, rank: int) -> None:
+        own = block_partition(P, 2, rank)
+        state = {"book": {"n_particles": P, "iteration": t}, "dtype": "float32", "dim": dim,
+                 "owned": [own.start, own.stop], "world_size": 2}
+        part = rows[t][own.start:own.stop].clone()
+        save_checkpoint(tmp_path, t, {"x": part, "v": -part, "pbest": part * 2, "gworst": rows[t][0].clone()}, state, rank)
+
+    for t in (1, 2):
+        write(t, 0)
+        write(t, 1)
+    write(3, 0)  # rank 1 died before writing iteration 3
+    names = sorted(p.name for p in (tmp_path / "checkpoint").glob("ckpt-*.json"))
+    assert names == ["ckpt-0000001-rank1.json", "ckpt-0000002-rank0.json", "ckpt-0000002-rank1.json",
+                     "ckpt-0000003-rank0.json"]  # each rank keeps its previous shard
+    for world in (1, 2, 3):
+        got = [load_sharded(tmp_path, _Block(r, world)) for r in range(world)]
+        assert all(state["book"]["iteration"] == 2 for _, state in got)
+        assert torch.equal(torch.cat([t["x"] for t, _ in got]), rows[2])
+        assert torch.equal(torch.cat([t["pbest"] for t, _ in got]), rows[2] * 2)
+        assert all(torch.equal(t["gworst"], rows[2][0]) for t, _ in got)
