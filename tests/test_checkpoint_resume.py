@@ -227,3 +227,13 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert kills >= 3, progress
     assert any(0 < it < iters for it in progress), progress  # killed in the middle of the search
     _assert_same(_final(full), _final(part))
+
+
+def test_resume_refuses_other_experts(tmp_path):
+    from swarmkern.flat import load_experts
+
+    Swarm(_config(2), _init(50), neg_rastrigin, output_dir=tmp_path).run()
+    with pytest.raises(ValueError, match="differ from the run's"):
+        Swarm.resume(tmp_path, neg_rastrigin, pool=load_experts(torch.randn(5, 60)))
+    same = Swarm.resume(tmp_path, neg_rastrigin, pool=load_experts(_init(50)))
+    assert same.book.iteration == 2

@@ -134,8 +134,11 @@ class Swarm:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
+        described = json.loads((output_dir / EXPERTS_JSON).read_text())
         if pool is None:
-            pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
+            pool = ExpertPool.from_description(described)
+        elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
+            raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
         self = cls.__new__(cls)
         self.config, self.pool, self.utility, self.test_utility = config, pool, utility, test_utility
         self.output_dir, self.collective = output_dir, collective
@@ -499,6 +502,7 @@ class Swarm:
             "best_particle_origin": self.origins[g],
             "best_particle_initial_utility": f(init[g]),
             "best_particle_initial_rank": start_rank,  # 0 = it started as the best particle
+            "personal_best_utilities": [f(x) for x in book.u_pbest],  # for top-k ensembles of personal bests
             "particles": [{"index": i, **o} for i, o in enumerate(self.origins)],
             "n_particles": self.n_particles,
             "dim": self.dim,
