@@ -1,5 +1,5 @@
-// CPU kernels of pso_step_ and pso_step_random_: at::parallel_for over blocks of D; inside a block,
-// gbest/gworst are loaded once into registers and each thread walks the P particles, so that they are
+// CPU kernels of pso_step_ and pso_step_random_: at::parallel_for over blocks of D; inside a block
+// each thread walks the P particles while the block's gbest/gworst stay in cache, so that they are
 // read from memory once per element for all P (KERNELS.md roofline). fp32 math, int64 indexing,
 // at::vec for whole pairs of vectors and a scalar tail; built with -ffp-contract=off (bit-exact).
 #include <ATen/Dispatch.h>
@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 
 #include "../checks.h"
 #include "swarmkern/philox.h"
@@ -17,10 +16,16 @@
 namespace swarmkern::cpu {
 namespace {
 
-// Elements per block: gbest/gworst of one block stay in registers (kBlockPairs pairs each) while the
-// thread walks the particles; each particle then touches kBlockPairs*2 vectors of x, v, pbest.
-constexpr int64_t kBlockPairs = 2;
-constexpr int64_t kBlock = kBlockPairs * kPair;
+// Elements per block of D. A thread streams each particle's row segment of the block in turn (long
+// sequential runs that the hardware prefetchers follow), while the block's gbest/gworst stay in L2
+// (2 x 128 KiB in fp32): they come from memory once per element for all P particles, as in the
+// roofline. Measured here: walking all P rows every 64 elements with g/w in registers was ~2x slower
+// (too many concurrent streams); blocks of 16K-64K elements were best, 2K-4K ~1.5x slower.
+#ifndef SWARMKERN_CPU_BLOCK
+#define SWARMKERN_CPU_BLOCK 32768
+#endif
+constexpr int64_t kBlock = SWARMKERN_CPU_BLOCK;
+static_assert(kBlock % kPair == 0, "a block is whole vector pairs");
 // Enough work per task to amortise scheduling (elements of D times particles).
 constexpr int64_t kGrainElements = 1 << 16;
 
@@ -45,38 +50,34 @@ void pso_step_kernel(T* x, T* v, const T* p, const T* g, const T* w, const float
   at::parallel_for(0, n_blocks, grain_blocks(r.P), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = b * kBlock;
-      if (j0 + kBlock <= r.D) {
-        std::array<Vec, 2 * kBlockPairs> gv, wv;
-        for (int64_t q = 0; q < kBlockPairs; ++q) {
-          load_pair(g + j0 + q * kPair, gv[2 * q], gv[2 * q + 1]);
-          load_pair(w + j0 + q * kPair, wv[2 * q], wv[2 * q + 1]);
+      const int64_t n = std::min(kBlock, r.D - j0);
+      const int64_t n_pair = n / kPair * kPair;
+      for (int64_t i = 0; i < r.P; ++i) {
+        T* xi = x + i * r.sx + j0;
+        T* vi = v + i * r.sv + j0;
+        const T* pi = p + i * r.sp + j0;
+        const T* gj = g + j0;
+        const T* wj = w + j0;
+        const PsoCoef<Vec> c{Vec(coef[4 * i]), Vec(coef[4 * i + 1]), Vec(coef[4 * i + 2]), Vec(coef[4 * i + 3])};
+        for (int64_t e = 0; e < n_pair; e += kPair) {
+          Vec x0, x1, v0, v1, p0, p1, g0, g1, w0, w1;
+          load_pair(xi + e, x0, x1);
+          load_pair(vi + e, v0, v1);
+          load_pair(pi + e, p0, p1);
+          load_pair(gj + e, g0, g1);
+          load_pair(wj + e, w0, w1);
+          const Vec n0 = pso_velocity(c, x0, v0, p0, g0, w0);
+          const Vec n1 = pso_velocity(c, x1, v1, p1, g1, w1);
+          store_pair(vi + e, n0, n1);
+          store_pair(xi + e, pso_location(x0, step_vec, n0), pso_location(x1, step_vec, n1));
         }
-        for (int64_t i = 0; i < r.P; ++i) {
-          const PsoCoef<Vec> c{Vec(coef[4 * i]), Vec(coef[4 * i + 1]), Vec(coef[4 * i + 2]), Vec(coef[4 * i + 3])};
-          T* xi = x + i * r.sx + j0;
-          T* vi = v + i * r.sv + j0;
-          const T* pi = p + i * r.sp + j0;
-          for (int64_t q = 0; q < kBlockPairs; ++q) {
-            Vec x0, x1, v0, v1, p0, p1;
-            load_pair(xi + q * kPair, x0, x1);
-            load_pair(vi + q * kPair, v0, v1);
-            load_pair(pi + q * kPair, p0, p1);
-            const Vec n0 = pso_velocity(c, x0, v0, p0, gv[2 * q], wv[2 * q]);
-            const Vec n1 = pso_velocity(c, x1, v1, p1, gv[2 * q + 1], wv[2 * q + 1]);
-            store_pair(vi + q * kPair, n0, n1);
-            store_pair(xi + q * kPair, pso_location(x0, step_vec, n0), pso_location(x1, step_vec, n1));
-          }
-        }
-      } else {  // the last, partial block: scalar
-        for (int64_t i = 0; i < r.P; ++i) {
-          const PsoCoef<float> c{coef[4 * i], coef[4 * i + 1], coef[4 * i + 2], coef[4 * i + 3]};
-          for (int64_t j = j0; j < r.D; ++j) {
-            const float xf = load_scalar(x + i * r.sx + j);
-            const float n = pso_velocity(c, xf, load_scalar(v + i * r.sv + j), load_scalar(p + i * r.sp + j),
-                                         load_scalar(g + j), load_scalar(w + j));
-            store_scalar(v + i * r.sv + j, n);
-            store_scalar(x + i * r.sx + j, pso_location(xf, step, n));
-          }
+        const PsoCoef<float> cs{coef[4 * i], coef[4 * i + 1], coef[4 * i + 2], coef[4 * i + 3]};
+        for (int64_t e = n_pair; e < n; ++e) {  // scalar tail (only in the last block)
+          const float xf = load_scalar(xi + e);
+          const float nv = pso_velocity(cs, xf, load_scalar(vi + e), load_scalar(pi + e), load_scalar(gj + e),
+                                        load_scalar(wj + e));
+          store_scalar(vi + e, nv);
+          store_scalar(xi + e, pso_location(xf, step, nv));
         }
       }
     }
@@ -91,15 +92,12 @@ struct RandomParams {
   bool normalize;
 };
 
-// Uniforms of `n` consecutive elements starting at j for one particle, laid out term-major.
+// Uniforms of `n` (<= kPair) consecutive elements starting at j for one particle, term-major: u[k*kPair + e].
 inline void fill_uniforms(const RandomParams& rp, uint32_t particle, int64_t j, int64_t n, float* u) {
   for (int64_t e = 0; e < n; ++e) {
     float r[4];
     element_uniforms(rp.seed, rp.iteration, particle, j + e, r);
-    u[e] = r[0];
-    u[kBlock + e] = r[1];
-    u[2 * kBlock + e] = r[2];
-    u[3 * kBlock + e] = r[3];
+    for (int k = 0; k < 4; ++k) u[k * kPair + e] = r[k];
   }
 }
 
@@ -108,63 +106,60 @@ void pso_step_random_kernel(T* x, T* v, const T* p, const T* g, const T* w, cons
                             const RandomParams& rp, const Rows& r) {
   const int64_t n_blocks = (r.D + kBlock - 1) / kBlock;
   at::parallel_for(0, n_blocks, grain_blocks(r.P), [&](int64_t b0, int64_t b1) {
-    alignas(64) float u[4 * kBlock];
+    alignas(64) float u[4 * kPair];
     const Vec lo(rp.lo), span(rp.span), step(rp.step), zero(0.0f);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = b * kBlock;
       const int64_t n = std::min(kBlock, r.D - j0);
-      const bool full = n == kBlock;
-      std::array<Vec, 2 * kBlockPairs> gv, wv;
-      if (full) {
-        for (int64_t q = 0; q < kBlockPairs; ++q) {
-          load_pair(g + j0 + q * kPair, gv[2 * q], gv[2 * q + 1]);
-          load_pair(w + j0 + q * kPair, wv[2 * q], wv[2 * q + 1]);
-        }
-      }
+      const int64_t n_pair = n / kPair * kPair;
       for (int64_t i = 0; i < r.P; ++i) {
         // The particle counter is the global index mod 2^32, like the reference.
         const auto particle = static_cast<uint32_t>(static_cast<uint64_t>(rp.particle_offset + i));
-        fill_uniforms(rp, particle, j0, n, u);
         const float* ph = phi + 4 * i;
+        const Vec phv(ph[0]), php(ph[1]), phg(ph[2]), phw(ph[3]);
         T* xi = x + i * r.sx + j0;
         T* vi = v + i * r.sv + j0;
         const T* pi = p + i * r.sp + j0;
-        if (full) {
-          const Vec phv(ph[0]), php(ph[1]), phg(ph[2]), phw(ph[3]);
-          // One Vec of elements at offset o of the block: coefficients from the uniforms, then the rule.
-          auto update = [&](int64_t o, const Vec& xs, const Vec& vs, const Vec& ps, const Vec& gs, const Vec& ws,
-                            Vec& x_new, Vec& v_new) {
-            const PsoCoef<Vec> c{random_coef(Vec::loadu(u + o), lo, span, phv),
-                                 random_coef(Vec::loadu(u + kBlock + o), lo, span, php),
-                                 random_coef(Vec::loadu(u + 2 * kBlock + o), lo, span, phg),
-                                 random_coef(Vec::loadu(u + 3 * kBlock + o), lo, span, phw)};
-            v_new = pso_velocity(c, xs, vs, ps, gs, ws);
-            if (rp.normalize) {
-              const Vec total = coef_total(c);
-              v_new = Vec::blendv(zero, v_new / total, total != zero);
-            }
-            x_new = pso_location(xs, step, v_new);
-          };
-          for (int64_t q = 0; q < kBlockPairs; ++q) {
-            const int64_t o = q * kPair;
-            Vec x0, x1, v0, v1, p0, p1, xn0, xn1, vn0, vn1;
-            load_pair(xi + o, x0, x1);
-            load_pair(vi + o, v0, v1);
-            load_pair(pi + o, p0, p1);
-            update(o, x0, v0, p0, gv[2 * q], wv[2 * q], xn0, vn0);
-            update(o + kVec, x1, v1, p1, gv[2 * q + 1], wv[2 * q + 1], xn1, vn1);
-            store_pair(vi + o, vn0, vn1);
-            store_pair(xi + o, xn0, xn1);
+        const T* gj = g + j0;
+        const T* wj = w + j0;
+        // One Vec of elements (uniforms at u + h): coefficients, then the rule.
+        auto update = [&](int64_t h, const Vec& xs, const Vec& vs, const Vec& ps, const Vec& gs, const Vec& ws,
+                          Vec& x_new, Vec& v_new) {
+          const PsoCoef<Vec> c{random_coef(Vec::loadu(u + h), lo, span, phv),
+                               random_coef(Vec::loadu(u + kPair + h), lo, span, php),
+                               random_coef(Vec::loadu(u + 2 * kPair + h), lo, span, phg),
+                               random_coef(Vec::loadu(u + 3 * kPair + h), lo, span, phw)};
+          v_new = pso_velocity(c, xs, vs, ps, gs, ws);
+          if (rp.normalize) {
+            const Vec total = coef_total(c);
+            v_new = Vec::blendv(zero, v_new / total, total != zero);
           }
-        } else {
-          for (int64_t e = 0; e < n; ++e) {
-            const PsoCoef<float> c{random_coef(u[e], rp.lo, rp.span, ph[0]),
-                                   random_coef(u[kBlock + e], rp.lo, rp.span, ph[1]),
-                                   random_coef(u[2 * kBlock + e], rp.lo, rp.span, ph[2]),
-                                   random_coef(u[3 * kBlock + e], rp.lo, rp.span, ph[3])};
+          x_new = pso_location(xs, step, v_new);
+        };
+        for (int64_t e = 0; e < n_pair; e += kPair) {
+          fill_uniforms(rp, particle, j0 + e, kPair, u);
+          Vec x0, x1, v0, v1, p0, p1, g0, g1, w0, w1, xn0, xn1, vn0, vn1;
+          load_pair(xi + e, x0, x1);
+          load_pair(vi + e, v0, v1);
+          load_pair(pi + e, p0, p1);
+          load_pair(gj + e, g0, g1);
+          load_pair(wj + e, w0, w1);
+          update(0, x0, v0, p0, g0, w0, xn0, vn0);
+          update(kVec, x1, v1, p1, g1, w1, xn1, vn1);
+          store_pair(vi + e, vn0, vn1);
+          store_pair(xi + e, xn0, xn1);
+        }
+        if (n_pair < n) {  // scalar tail (only in the last block)
+          fill_uniforms(rp, particle, j0 + n_pair, n - n_pair, u);
+          for (int64_t e = n_pair; e < n; ++e) {
+            const int64_t h = e - n_pair;
+            const PsoCoef<float> c{random_coef(u[h], rp.lo, rp.span, ph[0]),
+                                   random_coef(u[kPair + h], rp.lo, rp.span, ph[1]),
+                                   random_coef(u[2 * kPair + h], rp.lo, rp.span, ph[2]),
+                                   random_coef(u[3 * kPair + h], rp.lo, rp.span, ph[3])};
             const float xf = load_scalar(xi + e);
-            float nv = pso_velocity(c, xf, load_scalar(vi + e), load_scalar(pi + e), load_scalar(g + j0 + e),
-                                    load_scalar(w + j0 + e));
+            float nv = pso_velocity(c, xf, load_scalar(vi + e), load_scalar(pi + e), load_scalar(gj + e),
+                                    load_scalar(wj + e));
             if (rp.normalize) nv = normalized_or_zero(nv, coef_total(c));
             store_scalar(vi + e, nv);
             store_scalar(xi + e, pso_location(xf, rp.step, nv));
