@@ -226,3 +226,14 @@ def test_peft_roundtrip_with_tiny_llama(tmp_path):
     # overwriting an existing export is atomic and leaves no temporary directories behind
     save_expert(pool, pool.expert(0), path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # a search over the adapters exports its best as an adapter directory PEFT loads
+    from swarmkern.swarm import Swarm, SwarmConfig
+
+    res = Swarm(SwarmConfig(n_particles=4, max_iters=2, progress=False), pool,
+                lambda rows: -rows.double().pow(2).sum(1), output_dir=tmp_path / "run").run()
+    assert res.best_path == tmp_path / "run" / "best"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(res.best_path))
+    name = pool.layout.names[0]
+    loaded = dict(model.named_parameters())[name.replace("lora_A.weight", "lora_A.default.weight")
+                                            .replace("lora_B.weight", "lora_B.default.weight")]
+    assert torch.equal(loaded.detach(), pool.layout.view(res.best, name))
