@@ -33,32 +33,36 @@ inline void check_merge_args(const char* op, const at::Tensor& src, const at::Te
               ": weights must be a float32 CPU tensor");
 }
 
-inline float sign_of(float x) { return static_cast<float>((x > 0.f) - (x < 0.f)); }
+inline float sign_of(float x) { return x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f); }
 
-// vals: K rows of `len` fp32 values (row stride kBlock). Elects the sign of each column from the
-// unweighted values ("total": sign of the sum, "frequency": sign of the vote; +1 on a tie) and writes
-// sum_k w_k x_k [sign(x_k) == s] / max(1, count) to out[0..len).
-inline void elect_and_disjoint_mean(const float* vals, int64_t K, int64_t len, const float* w, bool frequency,
-                                    float* out) {
-  float mass[kBlock];
-  float acc[kBlock];
-  float cnt[kBlock];
+// rows: K rows of `len` values (row stride `stride` elements), read as fp32. Elects the sign of each
+// column from the unweighted values ("total": sign of the sum, "frequency": sign of the vote; +1 on a
+// tie) and writes sum_k w_k x_k [sign(x_k) == s] / max(1, count) to out[0..len). Two passes over the
+// rows: the second one finds them in L1 (K * kBlock values).
+template <typename T>
+inline void elect_and_disjoint_mean(const T* rows, int64_t stride, int64_t K, int64_t len, const float* w,
+                                    bool frequency, float* out) {
+  alignas(64) float mass[kBlock];
+  alignas(64) float acc[kBlock];
+  alignas(64) float cnt[kBlock];
   for (int64_t j = 0; j < len; ++j) mass[j] = acc[j] = cnt[j] = 0.f;
   for (int64_t k = 0; k < K; ++k) {
-    const float* row = vals + k * kBlock;
+    const T* row = rows + k * stride;
     if (frequency) {
-      for (int64_t j = 0; j < len; ++j) mass[j] += sign_of(row[j]);
+      for (int64_t j = 0; j < len; ++j) mass[j] += sign_of(static_cast<float>(row[j]));
     } else {
-      for (int64_t j = 0; j < len; ++j) mass[j] += row[j];
+      for (int64_t j = 0; j < len; ++j) mass[j] += static_cast<float>(row[j]);
     }
   }
   for (int64_t j = 0; j < len; ++j) mass[j] = mass[j] >= 0.f ? 1.f : -1.f;
   for (int64_t k = 0; k < K; ++k) {
-    const float* row = vals + k * kBlock;
+    const T* row = rows + k * stride;
     const float wk = w[k];
     for (int64_t j = 0; j < len; ++j) {
-      const float agree = sign_of(row[j]) == mass[j] ? 1.f : 0.f;
-      acc[j] += (row[j] * wk) * agree;
+      const float x = static_cast<float>(row[j]);
+      // sign(x) == s for s = +-1  <=>  x * s > 0 (exact: s is +-1; zeros and NaN never agree)
+      const float agree = x * mass[j] > 0.f ? 1.f : 0.f;
+      acc[j] += (x * wk) * agree;
       cnt[j] += agree;
     }
   }

@@ -104,7 +104,7 @@ at::Tensor merge_dare_cpu(const at::Tensor& src, const at::Tensor& weights, doub
           }
         }
         if (ties) {
-          merge::elect_and_disjoint_mean(vals.data(), K, len, wp, method == 1, res);
+          merge::elect_and_disjoint_mean(vals.data(), merge::kBlock, K, len, wp, method == 1, res);
         } else {
           for (int64_t j = 0; j < len; ++j) res[j] = 0.f;
           for (int64_t k = 0; k < K; ++k) {

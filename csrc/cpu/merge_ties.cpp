@@ -5,8 +5,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "merge_common.h"
 
 namespace swarmkern {
@@ -25,17 +23,11 @@ at::Tensor merge_ties_disjoint_cpu(const at::Tensor& trimmed, const at::Tensor& 
     scalar_t* dst = out.data_ptr<scalar_t>();
     const float* wp = w.data_ptr<float>();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> vals(static_cast<size_t>(K * merge::kBlock));
-      float res[merge::kBlock];
+      alignas(64) float res[merge::kBlock];
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t j0 = b * merge::kBlock;
         const int64_t len = std::min(merge::kBlock, n - j0);
-        for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* row = src + k * row_stride + j0;
-          float* v = vals.data() + k * merge::kBlock;
-          for (int64_t j = 0; j < len; ++j) v[j] = static_cast<float>(row[j]);
-        }
-        merge::elect_and_disjoint_mean(vals.data(), K, len, wp, method == 1, res);
+        merge::elect_and_disjoint_mean(src + j0, row_stride, K, len, wp, method == 1, res);
         for (int64_t j = 0; j < len; ++j) dst[j0 + j] = static_cast<scalar_t>(res[j]);
       }
     });
