@@ -287,3 +287,30 @@ def test_evaluator_is_shared_across_utilities(pool, setup):
     b = build_utility({"type": "exact_match", "dev": str(setup.data["qa_dev"])}, pool)
     assert a.dev is not b.dev
     assert particle_evaluator(pool) is particle_evaluator(pool)  # one model load per process
+
+
+def test_full_weight_pool_through_a_utility(setup, tmp_path):
+    """Full-weight experts (model tensors in .safetensors) are scored with functional_call."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from swarmkern.evaluate.full import FullWeightEvaluator
+
+    paths = []
+    for k in range(2):
+        m = AutoModelForCausalLM.from_pretrained(str(setup.model_dir))
+        sd = {n: (p + 0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(k))).contiguous()
+              for n, p in m.named_parameters() if "layers.3." in n}
+        save_file(sd, str(tmp_path / f"full{k}.safetensors"))
+        paths.append(tmp_path / f"full{k}.safetensors")
+    pool = load_experts(paths)
+    with pytest.raises(ValueError, match="utility.model: required"):
+        build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"])}, pool)
+    built = build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]),
+                           "model": str(setup.model_dir)}, pool)
+    ev = particle_evaluator(pool, model=str(setup.model_dir))
+    assert isinstance(ev, FullWeightEvaluator)
+    rows = pool.weights
+    scores = built.dev(rows)
+    # each particle alone (a [1, D] call) gives the same score as the batch
+    assert [float(built.dev(rows[k:k + 1])[0]) for k in range(2)] == scores.tolist()
