@@ -209,26 +209,20 @@ class ExpertSource:
         return str(self.path) if self.path is not None else self.name
 
 
-def _read_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (8-byte length + JSON): no tensor data is read."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or n > 100_000_000:
-                raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    header.pop("__metadata__", None)
-    return header
-
-
 def _specs_from_file(path: Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of every tensor of a safetensors file, from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = [(name, tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()]
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from None
     specs = []
-    for name, info in _read_header(path).items():
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        specs.append((name, tuple(info["shape"]), _ST_DTYPES[info["dtype"]]))
+    for name, shape, dtype in raw:
+        if dtype not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        specs.append((name, shape, _ST_DTYPES[dtype]))
     return specs
 
 
