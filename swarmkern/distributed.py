@@ -34,8 +34,9 @@ import torch.distributed as dist
 
 from swarmkern.swarm.collective import block_partition
 
-__all__ = ["TorchDistributedCollective", "DistributedError", "block_owner", "LaunchEnv", "launch_env", "init_collective",
-           "distributed_session", "launch_search", "launch_resume", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+__all__ = ["TorchDistributedCollective", "DistributedError", "block_owner", "LaunchEnv", "launch_env",
+           "init_collective", "close_collective", "distributed_session", "launch_search", "launch_resume",
+           "TIMEOUT_ENV", "BACKEND_ENV", "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "SWARMKERN_DIST_TIMEOUT"
 BACKEND_ENV = "SWARMKERN_DIST_BACKEND"
@@ -174,8 +175,8 @@ class TorchDistributedCollective:
         """A picklable object from rank `src` on every rank (host transport)."""
         box = [obj if self.rank == src else None]
         with self._guard(f"broadcast of a decision from rank {src}"):
-            dist.broadcast_object_list(box, src=src, group=self.group,
-                                       device=None if self._cpu_ok else torch.device("cuda", torch.cuda.current_device()))
+            device = None if self._cpu_ok else torch.device("cuda", torch.cuda.current_device())
+            dist.broadcast_object_list(box, src=src, group=self.group, device=device)
         return box[0]
 
     def barrier(self) -> None:
@@ -236,12 +237,13 @@ def init_collective(device: str = "cpu", *, environ: dict[str, str] | None = Non
         return None
     timeout_s = timeout_s if timeout_s is not None else timeout_seconds()
     cuda = torch.device(device).type == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise ValueError(f"swarm.device: {device!r} but CUDA is not available on rank {env.rank}")
-        if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={env.local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
-                             "start at most one process per GPU (--nproc-per-node)")
+    if cuda and not torch.cuda.is_available():
+        raise ValueError(f"swarm.device: {device!r} but CUDA is not available on rank {env.rank}")
+    if cuda and env.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK={env.local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                         "start at most one process per GPU (--nproc-per-node)")
+    if torch.cuda.is_available() and env.local_rank < torch.cuda.device_count():
+        # also when the swarm stays on the host: a utility on device "auto"/"cuda" then uses this GPU
         torch.cuda.set_device(env.local_rank)
     backend = os.environ.get(BACKEND_ENV) or ("cpu:gloo,cuda:nccl" if cuda else "gloo")
     if not dist.is_initialized():

@@ -300,7 +300,8 @@ def test_an_unfinished_iteration_is_skipped_and_rows_reshard(tmp_path):
         state = {"book": {"n_particles": P, "iteration": t}, "dtype": "float32", "dim": dim,
                  "owned": [own.start, own.stop], "world_size": 2}
         part = rows[t][own.start:own.stop].clone()
-        save_checkpoint(tmp_path, t, {"x": part, "v": -part, "pbest": part * 2, "gworst": rows[t][0].clone()}, state, rank)
+        tensors = {"x": part, "v": -part, "pbest": part * 2, "gworst": rows[t][0].clone()}
+        save_checkpoint(tmp_path, t, tensors, state, rank)
 
     for t in (1, 2):
         write(t, 0)
