@@ -110,7 +110,8 @@ def main() -> None:
     lines = [f"# Merge kernels on the CPU: K={K} task tensors of n={n:,} fp32",
              "",
              f"Machine: {platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
-             f"{os.cpu_count()} cores (shared with other work: expect noise). Best of {R} after a warm-up. "
+             f"{os.cpu_count()} cores (shared with other work: expect noise). Kernels: the current "
+             "csrc/cpu/merge_*.cpp JIT-built with -O3 -march=native -ffp-contract=off. Best of {R} after a warm-up. "
              f"GB/s = modelled bytes (K*n*4 read + n*4 written = {gb:.3f} GB) / time. Every variant is "
              "checked against PEFT first (DARE under the same mask).",
              "",

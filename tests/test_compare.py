@@ -71,6 +71,14 @@ def test_compare_end_to_end_through_the_cli(tmp_path):
     from swarmkern.utilities import build_utility
     pool = load_experts([out / "merged" / "ties"])
     assert float(build_utility(cfg["utility"], pool).dev(pool.weights)[0]) == pytest.approx(data["ties"]["dev"])
+    # the swarm's exported best scores the swarm's reported test utility
+    swarm_pool = load_experts([out / "merged" / "swarm"])
+    assert float(build_utility(cfg["utility"], swarm_pool).test(swarm_pool.weights)[0]) == \
+        pytest.approx(data["swarm"]["test"])
+    # a second run refuses to overwrite unless asked
+    again = CliRunner().invoke(main, ["compare", str(tmp_path / "compare.yaml"), "--methods", "uniform_soup",
+                                      "--no-swarm"])
+    assert again.exit_code != 0 and "compare.json" in again.output
 
 
 def test_compare_without_swarm_uses_the_configured_budget(tmp_path):

@@ -16,9 +16,11 @@ import click
 @click.option("--max-iters", type=int, default=None, help="swarm.max_iters")
 @click.option("--methods", default=None, help="Comma-separated method names (replaces compare.methods).")
 @click.option("--no-swarm", is_flag=True, default=False, help="Run only the baselines (compare.swarm=false).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous compare run in the output directory.")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide the swarm's progress bar.")
 @click.option("--list-methods", is_flag=True, default=False, help="List the available methods and exit.")
-def compare_cmd(config, overrides, output_dir, seed, max_iters, methods, no_swarm, no_progress, list_methods):
+def compare_cmd(config, overrides, output_dir, seed, max_iters, methods, no_swarm, overwrite, no_progress,
+                list_methods):
     """Run the swarm and every composition baseline on the same experts and utility (CONFIG: the search
     YAML plus a `compare:` section); write compare.json, compare.md and compare.png; print the table."""
     from swarmkern.compare import load_compare_config, run_compare
@@ -38,7 +40,7 @@ def compare_cmd(config, overrides, output_dir, seed, max_iters, methods, no_swar
         extra.append("compare.swarm=false")
     try:
         cfg = load_compare_config(config, extra, output_dir=output_dir, seed=seed, max_iters=max_iters,
-                                  progress=False if no_progress else None)
+                                  overwrite=overwrite, progress=False if no_progress else None)
         run_compare(cfg, echo=click.echo)
     except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError) as err:
         raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
