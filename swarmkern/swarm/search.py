@@ -275,14 +275,15 @@ class Swarm:
                 buf.x[r].copy_(buf.pbest[r])
                 buf.v[r].zero_()
 
-        phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0], dtype=torch.float64)
         if cfg.randomness == "element":
-            ops.pso_step_random_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst,
-                                 phi.to(torch.float32).expand(len(owned), 4).to(self.device).contiguous(),
-                                 step, element_seed(cfg.seed), t, owned.start, cfg.r_range[0], cfg.r_range[1],
-                                 True, backend=cfg.backend)
+            phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0])
+            phi = phi.expand(len(owned), 4).to(self.device).contiguous()
+            tk = time.perf_counter()
+            ops.pso_step_random_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, phi, step, element_seed(cfg.seed),
+                                 t, owned.start, cfg.r_range[0], cfg.r_range[1], True, backend=cfg.backend)
         else:
             coef = self.coefficients(t).to(self.device)
+            tk = time.perf_counter()
             ops.pso_step_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, coef, step, backend=cfg.backend)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -324,7 +325,7 @@ class Swarm:
         book.skipped_total += len(skipped)
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
-                     timings={"update_s": t1 - t0, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
+                     timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
                               "last_checkpoint_s": self._last_checkpoint_s})
         self._checkpoint()
 
