@@ -39,7 +39,8 @@ def _write(tmp_path, config):
 def test_compare_end_to_end_through_the_cli(tmp_path):
     methods = ["best_single", "uniform_soup", {"type": "task_arithmetic", "scaling": [0.5, 1.0]},
                {"type": "ties", "density": 0.5}, "dare_linear", {"type": "dare_ties", "space": "delta"},
-               "breadcrumbs", "slerp", "multislerp", "greedy_soup", "lorahub", "evolutionary",
+               "breadcrumbs", "slerp", "multislerp", "greedy_soup",
+               {"type": "lorahub", "optimizer": "NgIohTuned", "batch": 4}, "evolutionary",
                {"type": "ensemble", "k": 2}]
     cfg = _config(tmp_path, methods=methods, batch_size=4, save_merged=True)
     result = CliRunner().invoke(main, ["compare", str(_write(tmp_path, cfg))])
