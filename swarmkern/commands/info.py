@@ -1,0 +1,34 @@
+"""`swarmkern info`: versions, devices, and which kernel backend is used for what, and why."""
+from __future__ import annotations
+
+import platform
+
+import click
+
+
+@click.command("info")
+def info_cmd() -> None:
+    """Show versions, devices and the available kernel backends (with the reason for each)."""
+    import torch
+
+    from swarmkern import ops
+
+    try:
+        from importlib.metadata import version
+
+        sk_version = version("swarmkern")
+    except Exception:
+        sk_version = "unknown (not installed)"
+    click.echo(f"swarmkern {sk_version}; python {platform.python_version()}; torch {torch.__version__} "
+               f"(CUDA {torch.version.cuda or 'none'}); {torch.get_num_threads()} CPU threads")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        click.echo(f"GPUs: {names}")
+    else:
+        click.echo("GPUs: none visible")
+    click.echo("kernel backends:")
+    click.echo(ops.backend_summary())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(info_cmd)
