@@ -9,6 +9,7 @@ The config is the `swarmkern search` YAML (experts, swarm, utility, output) plus
       batch_size: 8        # rows per utility call for the baselines
       seed: null           # seed of the seeded methods (default: swarm.seed)
       save_merged: false   # export each method's expert to <output>/merged/<method>/
+      save_delta: false    # space: delta methods also write their full merged ΔW to <output>/deltas/
       plot: true
 
 Outputs in output.dir: compare.json ({method: {"dev", "test", "evaluations", "seconds", ...}}),
@@ -48,6 +49,9 @@ class CompareSection(BaseModel):
     batch_size: int = Field(8, gt=0, description="Rows per utility call for the baselines.")
     seed: int | None = Field(None, ge=0, description="Seed of seeded methods (default: swarm.seed).")
     save_merged: bool = Field(False, description="Export each method's expert to <output>/merged/<method>/.")
+    save_delta: bool = Field(False, description="For methods with space: delta, also write the merged ΔW of "
+                                                "every module, before the rank-r factorisation, to "
+                                                "<output>/deltas/<method>.safetensors.")
     plot: bool = Field(True, description="Write compare.png.")
 
     @field_validator("methods")
@@ -206,6 +210,9 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
                                     "seconds": round(seconds, 3), "info": _jsonable(res.info)}
             if res.row is not None:
                 rows[method.name] = res.row
+            if cmp_.save_delta and getattr(method, "space", None) == "delta":
+                scaling = float(res.info.get("scaling", method.scaling))
+                _save_delta(method.full_deltas(ctx, scaling), pool, out / "deltas" / f"{method.name}.safetensors")
         except Exception as err:  # one failing baseline must not lose the others' results
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             results[method.name] = {"dev": None, "test": None, "evaluations": ctx.evaluations,
@@ -228,6 +235,31 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
     built.finalize(out)
     echo(table)
     return results
+
+
+def lora_scaling(adapter_config: dict | None) -> float:
+    """PEFT's LoRA scaling lora_alpha / r (/ sqrt(r) with rsLoRA); per-module patterns are refused."""
+    cfg = adapter_config or {}
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError("save_delta: adapters with rank_pattern / alpha_pattern are not supported")
+    if "r" not in cfg or "lora_alpha" not in cfg:
+        raise ValueError("save_delta: needs LoRA experts with r and lora_alpha in adapter_config.json")
+    r = float(cfg["r"])
+    return float(cfg["lora_alpha"]) / (r ** 0.5 if cfg.get("use_rslora") else r)
+
+
+def _save_delta(deltas: dict[str, torch.Tensor], pool, path: Path) -> Path:
+    """{module.weight: ΔW} times the LoRA scaling -> a .safetensors file (atomic): add each to the base
+    model's weight of the same name to apply the merge without LoRA."""
+    from safetensors.torch import save_file
+
+    scale = lora_scaling(pool.adapter_config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: (v * scale).contiguous() for k, v in deltas.items()}, str(tmp),
+              metadata={"format": "pt", "content": "merged LoRA weight deltas (scaling applied)"})
+    os.replace(tmp, path)
+    return path
 
 
 def _jsonable(obj: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("peft")
@@ -42,7 +43,7 @@ def test_compare_end_to_end_through_the_cli(tmp_path):
                "breadcrumbs", "slerp", "multislerp", "greedy_soup",
                {"type": "lorahub", "optimizer": "NgIohTuned", "batch": 4}, "evolutionary",
                {"type": "ensemble", "k": 2}]
-    cfg = _config(tmp_path, methods=methods, batch_size=4, save_merged=True)
+    cfg = _config(tmp_path, methods=methods, batch_size=4, save_merged=True, save_delta=True)
     result = CliRunner().invoke(main, ["compare", str(_write(tmp_path, cfg))])
     assert result.exit_code == 0, result.output + repr(result.exception)
     out = tmp_path / "run"
@@ -72,6 +73,20 @@ def test_compare_end_to_end_through_the_cli(tmp_path):
     from swarmkern.utilities import build_utility
     pool = load_experts([out / "merged" / "ties"])
     assert float(build_utility(cfg["utility"], pool).dev(pool.weights)[0]) == pytest.approx(data["ties"]["dev"])
+    # space: delta wrote the full merged ΔW; its best rank-r approximation is what was exported
+    from safetensors.torch import load_file
+    from swarmkern.compare import lora_scaling
+    from swarmkern.merge import delta_weights, segments_of
+    full = load_file(str(out / "deltas" / "dare_ties.safetensors"))
+    dt_pool = load_experts([out / "merged" / "dare_ties"])
+    scale = lora_scaling(dt_pool.adapter_config)
+    low = delta_weights(dt_pool.weights[0], segments_of(dt_pool.layout), scale)
+    assert set(full) == set(low) and len(full) > 0
+    r = dt_pool.adapter_config["r"]
+    for name, dw in full.items():
+        U, S, Vh = torch.linalg.svd(dw, full_matrices=False)
+        assert torch.allclose(low[name], (U[:, :r] * S[:r]) @ Vh[:r], atol=1e-4, rtol=1e-3)
+    assert sorted(p.name for p in (out / "deltas").iterdir()) == ["dare_ties.safetensors"]
     # the swarm's exported best scores the swarm's reported test utility
     swarm_pool = load_experts([out / "merged" / "swarm"])
     assert float(build_utility(cfg["utility"], swarm_pool).test(swarm_pool.weights)[0]) == \

@@ -149,9 +149,11 @@ class StaticMerge(MergeMethod):
         """Hook for methods that need dev scores before merging (e.g. SLERP picking two experts)."""
         return {}
 
-    def merge(self, ctx: MergeContext, scaling: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def merge(self, ctx: MergeContext, scaling: float | None = None,
+              collect: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """All tensors merged at one scaling (default: the configured one, which must then be a float):
-        a row [D] in ctx.experts' dtype, plus details."""
+        a row [D] in ctx.experts' dtype, plus details. In delta space, `collect` receives every module's
+        merged ΔW before the rank-r factorisation (see delta.delta_merge)."""
         if scaling is None:
             if isinstance(self.scaling, list):
                 raise ValueError(f"{self.name}.scaling is a grid; run() chooses from it by dev utility")
@@ -163,7 +165,7 @@ class StaticMerge(MergeMethod):
             for seg in ctx.segments:
                 row[seg.offset:seg.stop] = fn(ctx.experts[:, seg.offset:seg.stop], seg).to(row.dtype)
         else:
-            row, kept = delta_merge(ctx.experts, ctx.segments, fn)
+            row, kept = delta_merge(ctx.experts, ctx.segments, fn, collect)
             info["delta_energy_kept"] = kept
         return row, info
 
@@ -186,3 +188,12 @@ class StaticMerge(MergeMethod):
         if self.space == "delta":
             info["delta_energy_kept"] = merged[best][1]["delta_energy_kept"]
         return MethodResult(rows[best], dev=float(scores[best]), info=info)
+
+    def full_deltas(self, ctx: MergeContext, scaling: float) -> dict[str, torch.Tensor]:
+        """Delta space only: every module's merged ΔW = B·A (fp32, without the LoRA scaling), not
+        truncated to the pool's rank."""
+        if self.space != "delta":
+            raise ValueError(f"{self.name}: full ΔW export needs space: delta")
+        collect: dict[str, torch.Tensor] = {}
+        self.merge(ctx, scaling, collect)
+        return collect

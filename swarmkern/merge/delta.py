@@ -48,12 +48,15 @@ def module_deltas(experts: torch.Tensor, pair: LoraPair) -> torch.Tensor:
 
 
 def delta_merge(experts: torch.Tensor, segments: Sequence[Segment],
-                merge_block: Callable[[torch.Tensor, Segment], torch.Tensor]) -> tuple[torch.Tensor, float]:
+                merge_block: Callable[[torch.Tensor, Segment], torch.Tensor],
+                collect: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
     """Merge K LoRA experts in ΔW space. experts [K, D]; merge_block(block [K, n], segment) -> [n] is
     applied to each module's stacked ΔW (segment: "<module>.delta", shape [out, in], offsets counted in
     ΔW space so seeded methods get distinct streams) and to every non-LoRA tensor as stored.
     Returns the merged row [D] in experts' dtype (each ΔW re-factorised to the pool's rank) and the
-    fraction of the merged ΔWs' squared Frobenius norm kept by the factorisation."""
+    fraction of the merged ΔWs' squared Frobenius norm kept by the factorisation. With `collect`, the
+    merged ΔW of every module before factorisation is stored there as "<module>.weight" (fp32, B @ A
+    orientation, no LoRA scaling)."""
     pairs, _ = lora_pairs(segments)
     if not pairs:
         raise ValueError("space 'delta' needs LoRA experts (lora_A / lora_B tensor pairs); these have none")
@@ -69,6 +72,8 @@ def delta_merge(experts: torch.Tensor, segments: Sequence[Segment],
             out_dim, in_dim = p.b.shape[0], p.a.shape[1]
             vseg = Segment(f"{p.module}.delta", (out_dim, in_dim), voffset, out_dim * in_dim)
             merged = merge_block(deltas, vseg).reshape(out_dim, in_dim)
+            if collect is not None:
+                collect[f"{p.module}.weight"] = (merged.T if p.transpose else merged).contiguous()
             A, B, k_, t_ = factorize(merged, p.rank)
             row[p.a.offset:p.a.stop] = A.reshape(-1).to(row.dtype)
             row[p.b.offset:p.b.stop] = B.reshape(-1).to(row.dtype)
