@@ -237,3 +237,24 @@ def test_resume_refuses_other_experts(tmp_path):
         Swarm.resume(tmp_path, neg_rastrigin, pool=load_experts(torch.randn(5, 60)))
     same = Swarm.resume(tmp_path, neg_rastrigin, pool=load_experts(_init(50)))
     assert same.book.iteration == 2
+
+
+def test_resume_with_sparse_checkpoints_replays_the_missing_iterations(tmp_path):
+    cfg = _config(9).model_copy(update={"checkpoint_every": 4})
+    full = tmp_path / "full"
+    Swarm(cfg, _init(40), neg_rastrigin, output_dir=full).run()
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def stop(rows):  # dies in iteration 7: the last checkpoint is iteration 4
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return neg_rastrigin(rows)
+
+    with pytest.raises(KeyboardInterrupt):
+        Swarm(cfg, _init(40), stop, output_dir=part).run()
+    resumed = Swarm.resume(part, neg_rastrigin)
+    assert resumed.book.iteration == 4 and len(resumed.history) == 5  # history lines 5, 6 dropped
+    resumed.run()
+    _assert_same(_final(full), _final(part))
