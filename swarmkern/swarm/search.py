@@ -228,8 +228,9 @@ class Swarm:
         if worst is not None:
             book.gworst_index, book.u_worst = worst
             self._copy_worst(worst[0])
-        else:  # every location is non-finite: nothing sensible to repel from
-            buf.gworst.copy_(buf.x[0])
+        else:  # every location is non-finite: no worst yet (u_worst stays +inf, gworst the origin)
+            book.gworst_index = -1
+            buf.gworst.zero_()
         if cfg.velocity_init == "best":
             torch.sub(buf.gbest.unsqueeze(0), buf.x, out=buf.v)
         if self.test_utility is not None:
