@@ -166,7 +166,7 @@ class StaticMerge(MergeMethod):
                 row[seg.offset:seg.stop] = fn(ctx.experts[:, seg.offset:seg.stop], seg).to(row.dtype)
         else:
             row, kept = delta_merge(ctx.experts, ctx.segments, fn, collect)
-            info["delta_energy_kept"] = kept
+            info["delta_energy_kept"] = round(kept, 6)
         return row, info
 
     def run(self, ctx: MergeContext) -> MethodResult:
