@@ -9,19 +9,22 @@ from swarmkern.objectives import neg_rastrigin, neg_sphere, rastrigin, sphere
 from swarmkern.swarm import Swarm, SwarmConfig
 
 
-def _backends() -> list[str]:
+def _backends() -> list[tuple[str, str]]:
+    """(backend, device) pairs: every backend available for CPU tensors, and for CUDA tensors when a GPU exists."""
     available = getattr(ops, "available_backends", None)
-    names = list(available()) if callable(available) else ["reference"]
-    return [b for b in names if b in ("reference", "cpu", "triton") or b.startswith("cpu")] or ["reference"]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if not callable(available):
+        return [("reference", "cpu")]
+    return [(b, d) for d in devices for b in available(d)]
 
 
 def _points(k=6, d=500, seed=0, dtype=torch.float32):
     return (torch.randn(k, d, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5).to(dtype)
 
 
-def _run(seed=1, backend=None, dtype=torch.float32, **kw):
+def _run(seed=1, backend=None, dtype=torch.float32, device="cpu", **kw):
     cfg = SwarmConfig(seed=seed, backend=backend, progress=False, n_particles=10, max_iters=15, patience=100,
-                      drop_n=0.2, **kw)
+                      drop_n=0.2, device=device, **kw)
     sw = Swarm(cfg, _points(dtype=dtype), neg_rastrigin)
     res = sw.run()
     return sw, res
@@ -41,11 +44,12 @@ def test_same_seed_same_trajectory():
     assert _strip(a.history) != _strip(c.history)
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend, device", _backends())
 @pytest.mark.parametrize("randomness", ["particle", "element"])
-def test_backends_give_the_reference_trajectory(backend, randomness):
-    ref, _ = _run(backend="reference", randomness=randomness)
-    other, _ = _run(backend=backend, randomness=randomness)
+def test_backends_give_the_reference_trajectory(backend, device, randomness):
+    """Every available kernel backend follows the reference backend's trajectory exactly (same device)."""
+    ref, _ = _run(backend="reference", randomness=randomness, device=device)
+    other, _ = _run(backend=backend, randomness=randomness, device=device)
     assert _strip(other.history) == _strip(ref.history)
     assert torch.equal(other.buffers.x, ref.buffers.x)
 
