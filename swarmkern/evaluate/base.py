@@ -79,7 +79,6 @@ class _Runner(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.decoder = None  # resolved lazily: get_decoder() is not defined for every class
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 cache, select: torch.Tensor | None) -> torch.Tensor:
@@ -125,7 +124,7 @@ class ParticleEvaluator:
         self.share_prefix = share_prefix
         self.share_context = True  # score continuations of one context from its KV cache
         self._expand: tuple[int, int] | None = None  # (n, Pb) while a shared-prefix pass runs
-        self._memo: dict[int, torch.Tensor] = {}
+        self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
 
@@ -158,10 +157,10 @@ class ParticleEvaluator:
 
         def rep(x):
             if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == n:
-                key = id(x)
-                if key not in self._memo:
-                    self._memo[key] = x.repeat(pb, *([1] * (x.dim() - 1)))
-                return self._memo[key]
+                hit = self._memo.get(id(x))
+                if hit is None or hit[0] is not x:  # keep x alive with its copy: ids are not reused
+                    hit = self._memo[id(x)] = (x, x.repeat(pb, *([1] * (x.dim() - 1))))
+                return hit[1]
             if isinstance(x, tuple):
                 return tuple(rep(y) for y in x)
             return x

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -183,10 +182,6 @@ def harmonic_mean(values: torch.Tensor, weights: torch.Tensor, dim: int = 0) -> 
     bad = (values <= 0).any(dim)
     hm = w.sum() / (w / values.clamp(min=1e-300)).sum(dim)
     return torch.where(bad, torch.zeros_like(hm), hm)
-
-
-def finite_or(x: float, default: float) -> float:
-    return x if math.isfinite(x) else default
 
 
 # fields holding file or directory paths, per utility type (resolved against the config file's dir)
