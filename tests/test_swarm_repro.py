@@ -46,10 +46,11 @@ def test_same_seed_same_trajectory():
 
 @pytest.mark.parametrize("backend, device", _backends())
 @pytest.mark.parametrize("randomness", ["particle", "element"])
-def test_backends_give_the_reference_trajectory(backend, device, randomness):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backends_give_the_reference_trajectory(backend, device, randomness, dtype):
     """Every available kernel backend follows the reference backend's trajectory exactly (same device)."""
-    ref, _ = _run(backend="reference", randomness=randomness, device=device)
-    other, _ = _run(backend=backend, randomness=randomness, device=device)
+    ref, _ = _run(backend="reference", randomness=randomness, device=device, dtype=dtype)
+    other, _ = _run(backend=backend, randomness=randomness, device=device, dtype=dtype)
     assert _strip(other.history) == _strip(ref.history)
     assert torch.equal(other.buffers.x, ref.buffers.x)
 
