@@ -110,11 +110,11 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         return _EVALUATORS[key]
     tok = load_tokenizer(tok_dir)
     lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
+    if any(isinstance(e, LoraEvaluator) and e.model is lm for e in _EVALUATORS.values()):
+        # the cached model is patched for another adapter layout: this evaluator gets its own copy
+        _CACHE.pop(("model", model_dir, lm.dtype, dev), None)
+        lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
     if kind == "peft":
-        if any(k[1] == model_dir and k[3] == dtype and k[4] == dev and k[0] == "peft" for k in _EVALUATORS):
-            # the cached model is patched for another adapter layout: give this one its own copy
-            _CACHE.pop(("model", model_dir, lm.dtype, dev), None)
-            lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
         ev = LoraEvaluator(lm, tok, pool.layout, pool.adapter_config or {}, share_prefix=share_prefix)
     else:
         ev = FullWeightEvaluator(lm, tok, pool.layout)
