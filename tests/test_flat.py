@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from swarmkern.flat import ExpertPool, FlatLayout, IncompatibleExperts, load_experts, save_expert
+from swarmkern.flat import FlatLayout, IncompatibleExperts, load_experts, save_expert
 
 
 def _state(seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
