@@ -142,3 +142,22 @@ def test_search_never_imports_transformers(workdir):
             "print('transformers' in sys.modules, 'peft' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_ctrl_c_says_how_to_resume(workdir, monkeypatch):
+    (workdir / "interrupting.py").write_text(
+        "calls = []\n"
+        "def score(particles):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return -(particles.double() ** 2).sum(1)\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    cfg = _config(workdir)
+    runner = CliRunner()
+    res = runner.invoke(main, ["search", str(cfg), "--no-progress", "--set", "utility.function=interrupting:score",
+                               "--set", "utility.test_kwargs=null"])
+    assert res.exit_code == 130 and "continue with: swarmkern resume" in res.output
+    resumed = runner.invoke(main, ["resume", str(workdir / "run")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "after 6 iterations" in resumed.output

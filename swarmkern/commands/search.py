@@ -27,6 +27,12 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
+def _interrupted(output_dir) -> None:
+    hint = f"; continue with: swarmkern resume {output_dir}" if output_dir is not None else ""
+    click.echo(f"interrupted{hint}", err=True)
+    raise SystemExit(130)
+
+
 @click.command("search")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -51,6 +57,7 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
     from swarmkern.distributed import DistributedError, launch_search
     from swarmkern.flat import IncompatibleExperts
 
+    cfg = None
     try:
         cfg = load_run_config(config, overrides, output_dir=output_dir, seed=seed, max_iters=max_iters,
                               n_particles=n_particles, device=device, backend=backend, overwrite=overwrite,
@@ -59,6 +66,8 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
     except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError,
             DistributedError) as err:
         _fail(err)
+    except KeyboardInterrupt:
+        _interrupted(cfg.output.dir if cfg is not None else None)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if as_json:
@@ -79,6 +88,8 @@ def resume_cmd(output_dir, as_json):
         result = launch_resume(output_dir)  # under torchrun: any number of processes (re-sharded)
     except (ConfigError, FileNotFoundError, ValueError, DistributedError) as err:
         _fail(err)
+    except KeyboardInterrupt:
+        _interrupted(output_dir)
     if result is None:
         return
     if as_json:
