@@ -106,6 +106,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         g = experts.get("glob")
         if isinstance(g, str) and not os.path.isabs(os.path.expanduser(g)):
             experts["glob"] = str(base / g)
+    if isinstance(data.get("utility"), dict):
+        from swarmkern.utilities.common import resolve_utility_paths  # light: no transformers import
+
+        data["utility"] = resolve_utility_paths(data["utility"], base)
     output = data.get("output")
     if isinstance(output, dict) and isinstance(output.get("dir"), str):
         d = os.path.expanduser(output["dir"])
