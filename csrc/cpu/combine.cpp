@@ -1,8 +1,9 @@
 // CPU kernel of combine: out[m] = sum_k weights[m, k] * src[k], fp32 accumulation in the order
 // k = 0..K-1 (the reference's order, bit-exact with -ffp-contract=off), one pass over src.
-// Each task owns a block of columns: it computes all M outputs of the block into an fp32 scratch
-// (tiles of kTile outputs held in registers, src re-read from L1) before storing any of them, so
-// `out` may share whole rows with `src` (e.g. writing crossover children into the swarm buffer).
+// Each task owns a block of columns: for each vector of columns it converts the K source values to fp32
+// once, then accumulates the M outputs in register tiles of kTile; the block's outputs go to an fp32
+// scratch and are stored only after the whole block has been read, so `out` may share whole rows with
+// `src` (e.g. writing crossover children into the swarm buffer).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -16,44 +17,44 @@
 namespace swarmkern::cpu {
 namespace {
 
-constexpr int64_t kColumns = 8 * kPair;  // columns per block (256 with AVX-512)
-constexpr int64_t kTile = 8;             // outputs accumulated in registers at once
+constexpr int64_t kColumns = 4 * kPair;  // columns per block (128 with AVX-512)
+constexpr int64_t kTile = 4;             // outputs accumulated in registers at once
+constexpr int kColVecs = 4;              // column vectors accumulated in registers at once
 
 struct CombineShape {
   int64_t K, M, D;
   int64_t s_src, s_out;  // row strides (elements)
 };
 
-// acc[t] for outputs m0..m0+TILE-1 over the block's full Vecs; results go to scratch[m][col].
-template <int TILE, typename S>
-inline void combine_tile(const S* src, const float* weights, const CombineShape& sh, int64_t m0, int64_t j0,
-                         int64_t n_vec, float* scratch) {
-  for (int64_t h = 0; h < n_vec; ++h) {
-    const int64_t col = h * kVec;
-    Vec acc[TILE];
-    for (int t = 0; t < TILE; ++t) acc[t] = Vec(0.0f);
-    for (int64_t k = 0; k < sh.K; ++k) {
-      const Vec s = load_one(src + k * sh.s_src + j0 + col);
-      for (int t = 0; t < TILE; ++t) acc[t] = combine_term(acc[t], Vec(weights[(m0 + t) * sh.K + k]), s);
+// Outputs m0..m0+TILE-1 of H Vecs of columns: acc[t][h] = sum_k w[m0+t, k] * col[k][h], where col
+// holds the K source values of these columns in fp32 (converted once, re-read from L1 for every tile).
+// TILE x H accumulators stay in registers; each broadcast weight serves H vectors.
+template <int TILE, int H>
+inline void combine_tile(const float* col, const float* weights, int64_t K, int64_t m0, float* scratch_col) {
+  Vec acc[TILE][H];
+  for (int t = 0; t < TILE; ++t)
+    for (int h = 0; h < H; ++h) acc[t][h] = Vec(0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    Vec s[H];
+    for (int h = 0; h < H; ++h) s[h] = Vec::loadu(col + (k * H + h) * kVec);
+    for (int t = 0; t < TILE; ++t) {
+      const Vec w(weights[(m0 + t) * K + k]);
+      for (int h = 0; h < H; ++h) acc[t][h] = combine_term(acc[t][h], w, s[h]);
     }
-    for (int t = 0; t < TILE; ++t) acc[t].store(scratch + (m0 + t) * kColumns + col);
   }
+  for (int t = 0; t < TILE; ++t)
+    for (int h = 0; h < H; ++h) acc[t][h].store(scratch_col + (m0 + t) * kColumns + h * kVec);
 }
 
-template <typename S>
-void combine_tiles(const S* src, const float* weights, const CombineShape& sh, int64_t j0, int64_t n_vec,
-                   float* scratch) {
+template <int H>
+void combine_tiles(const float* col, const float* weights, int64_t K, int64_t M, float* scratch_col) {
   int64_t m0 = 0;
-  for (; m0 + kTile <= sh.M; m0 += kTile) combine_tile<kTile>(src, weights, sh, m0, j0, n_vec, scratch);
-  switch (sh.M - m0) {
+  for (; m0 + kTile <= M; m0 += kTile) combine_tile<kTile, H>(col, weights, K, m0, scratch_col);
+  switch (M - m0) {
     case 0: break;
-    case 1: combine_tile<1>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 2: combine_tile<2>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 3: combine_tile<3>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 4: combine_tile<4>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 5: combine_tile<5>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 6: combine_tile<6>(src, weights, sh, m0, j0, n_vec, scratch); break;
-    case 7: combine_tile<7>(src, weights, sh, m0, j0, n_vec, scratch); break;
+    case 1: combine_tile<1, H>(col, weights, K, m0, scratch_col); break;
+    case 2: combine_tile<2, H>(col, weights, K, m0, scratch_col); break;
+    case 3: combine_tile<3, H>(col, weights, K, m0, scratch_col); break;
     default: TORCH_CHECK(false, "unreachable");
   }
 }
@@ -64,12 +65,26 @@ void combine_kernel(const S* src, const float* weights, O* out, const CombineSha
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / (kColumns * std::max<int64_t>(sh.K + sh.M, 1)));
   at::parallel_for(0, n_blocks, grain, [&](int64_t b0, int64_t b1) {
     std::vector<float> scratch_buf(static_cast<size_t>(sh.M * kColumns));
+    std::vector<float> col_buf(static_cast<size_t>(sh.K * kColVecs * kVec));
     float* scratch = scratch_buf.data();
+    float* col = col_buf.data();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = b * kColumns;
       const int64_t n = std::min(kColumns, sh.D - j0);
       const int64_t n_vec = n / kVec;
-      combine_tiles(src, weights, sh, j0, n_vec, scratch);
+      int64_t h0 = 0;
+      for (; h0 + kColVecs <= n_vec; h0 += kColVecs) {
+        for (int64_t k = 0; k < sh.K; ++k) {
+          for (int h = 0; h < kColVecs; ++h) {
+            load_one(src + k * sh.s_src + j0 + (h0 + h) * kVec).store(col + (k * kColVecs + h) * kVec);
+          }
+        }
+        combine_tiles<kColVecs>(col, weights, sh.K, sh.M, scratch + h0 * kVec);
+      }
+      for (; h0 < n_vec; ++h0) {
+        for (int64_t k = 0; k < sh.K; ++k) load_one(src + k * sh.s_src + j0 + h0 * kVec).store(col + k * kVec);
+        combine_tiles<1>(col, weights, sh.K, sh.M, scratch + h0 * kVec);
+      }
       for (int64_t col = n_vec * kVec; col < n; ++col) {  // scalar tail of the last block
         for (int64_t m = 0; m < sh.M; ++m) {
           float acc = 0.0f;
