@@ -16,16 +16,23 @@
 namespace swarmkern::cpu {
 namespace {
 
-// Elements per block of D. A thread streams each particle's row segment of the block in turn (long
-// sequential runs that the hardware prefetchers follow), while the block's gbest/gworst stay in L2
-// (2 x 128 KiB in fp32): they come from memory once per element for all P particles, as in the
-// roofline. Measured here: walking all P rows every 64 elements with g/w in registers was ~2x slower
-// (too many concurrent streams); blocks of 16K-64K elements were best, 2K-4K ~1.5x slower.
-#ifndef SWARMKERN_CPU_BLOCK
-#define SWARMKERN_CPU_BLOCK 32768
+// Blocks of D. A thread streams each particle's row segment of the block in turn (long sequential
+// runs that the hardware prefetchers follow), while the block's gbest/gworst stay in L2 (256 KiB
+// each): they come from memory once per element for all P particles, as in the roofline. Measured
+// here (P=10, D=8e6 and P=32, D=2e6): walking all P rows every 64 elements with g/w in registers was
+// ~2x slower (too many concurrent streams); 8 KiB blocks ~1.4x slower; 128-512 KiB blocks best.
+#ifndef SWARMKERN_CPU_BLOCK_BYTES
+#define SWARMKERN_CPU_BLOCK_BYTES (256 * 1024)
 #endif
-constexpr int64_t kBlock = SWARMKERN_CPU_BLOCK;
-static_assert(kBlock % kPair == 0, "a block is whole vector pairs");
+// Smaller blocks when D is too short to give every thread a few of them.
+template <typename T>
+int64_t block_elements(int64_t D) {
+  constexpr int64_t largest = SWARMKERN_CPU_BLOCK_BYTES / static_cast<int64_t>(sizeof(T));
+  static_assert(largest % kPair == 0, "a block is whole vector pairs");
+  const int64_t per_thread = (D + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads());
+  const int64_t rounded = (per_thread + kPair - 1) / kPair * kPair;
+  return std::min(largest, std::max<int64_t>(16 * kPair, rounded));
+}
 // Enough work per task to amortise scheduling (elements of D times particles).
 constexpr int64_t kGrainElements = 1 << 16;
 
@@ -38,16 +45,17 @@ Rows rows_of(const at::Tensor& x, const at::Tensor& v, const at::Tensor& pbest) 
   return Rows{x.size(0), x.size(1), x.stride(0), v.stride(0), pbest.stride(0)};
 }
 
-int64_t grain_blocks(int64_t P) {
-  return std::max<int64_t>(1, kGrainElements / (kBlock * std::max<int64_t>(P, 1)));
+int64_t grain_blocks(int64_t block, int64_t P) {
+  return std::max<int64_t>(1, kGrainElements / (block * std::max<int64_t>(P, 1)));
 }
 
 template <typename T>
 void pso_step_kernel(T* x, T* v, const T* p, const T* g, const T* w, const float* coef, float step,
                      const Rows& r) {
+  const int64_t kBlock = block_elements<T>(r.D);
   const int64_t n_blocks = (r.D + kBlock - 1) / kBlock;
   const Vec step_vec(step);
-  at::parallel_for(0, n_blocks, grain_blocks(r.P), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, n_blocks, grain_blocks(kBlock, r.P), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = b * kBlock;
       const int64_t n = std::min(kBlock, r.D - j0);
@@ -104,8 +112,9 @@ inline void fill_uniforms(const RandomParams& rp, uint32_t particle, int64_t j, 
 template <typename T>
 void pso_step_random_kernel(T* x, T* v, const T* p, const T* g, const T* w, const float* phi,
                             const RandomParams& rp, const Rows& r) {
+  const int64_t kBlock = block_elements<T>(r.D);
   const int64_t n_blocks = (r.D + kBlock - 1) / kBlock;
-  at::parallel_for(0, n_blocks, grain_blocks(r.P), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, n_blocks, grain_blocks(kBlock, r.P), [&](int64_t b0, int64_t b1) {
     alignas(64) float u[4 * kPair];
     const Vec lo(rp.lo), span(rp.span), step(rp.step), zero(0.0f);
     for (int64_t b = b0; b < b1; ++b) {
