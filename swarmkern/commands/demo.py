@@ -23,6 +23,10 @@ def demo_cmd(tiny, model, out, cache, seed, n_experts, n_particles, max_iters, t
     """Build LoRA experts on procedurally generated skills (once, cached), then adapt them with Model Swarms
     to a quiz none of them was trained on; compare with the best expert and merging baselines on dev
     and test; save the table, the plots and the best adapter."""
+    import os
+    # Busy-waiting OpenMP threads make small torch steps several times slower when other processes share
+    # the cores (docs/ENVIRONMENT facts); it only takes effect if torch is not imported yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from swarmkern.demo.pipeline import DemoConfig, run_demo
 
     cfg = DemoConfig(tiny=tiny, model=model, out=out, cache=cache, seed=seed, threads=threads,

@@ -49,6 +49,7 @@ class DemoConfig:
     # target
     n_dev: int = 200
     n_test: int = 500
+    n_holdout: int = 0          # > 0: also report a held-out split (for choosing settings without test)
     # swarm (phi_g/phi_w/step: LESSONS.md; the rest are the reference defaults)
     n_particles: int = 12
     max_iters: int = 12
@@ -173,7 +174,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     seconds["experts"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dev, test, _ = tasks.target_splits(cfg.n_dev, cfg.n_test, seed=1 + cfg.seed)
+    dev, test, hold = tasks.target_splits(cfg.n_dev, cfg.n_test, seed=1 + cfg.seed, n_holdout=cfg.n_holdout)
     enc_dev, enc_test = encode(tokenizer, dev, prompt), encode(tokenizer, test, prompt)
     h_dev, h_test = split.lower(enc_dev), split.lower(enc_test)
     sources = expert_dirs + ([base_dir] if cfg.include_base else [])
@@ -186,6 +187,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     k = len(expert_dirs)
     experts = rows_all[:k]
     dev_all, test_all = dev_u(rows_all), test_u(rows_all)
+    hold_u = None
+    if hold:
+        enc_hold = encode(tokenizer, hold, prompt)
+        hold_u = ChoiceAccuracy(split, pool.layout, spec_scale, enc_hold, split.lower(enc_hold))
     seconds["prepare"] = time.perf_counter() - t
     echo(f"target quiz: {len(enc_dev.answer)} dev / {len(enc_test.answer)} test questions "
          f"({', '.join(tasks.TARGET_SKILLS)}, held-out phrasings)")
@@ -232,8 +237,15 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         test_v = res.test if res.test is not None else (float(test_u(res.row)[0]) if res.row is not None else None)
         note = "; ".join(f"{k2}={v}" for k2, v in (res.info or {}).items() if k2 in ("expert", "scaling", "experts"))
         table[method.name] = {"kind": "baseline" + (f" ({note})" if note else ""), "dev": dev_v, "test": test_v}
+        if hold_u is not None and res.row is not None:
+            table[method.name]["holdout"] = float(hold_u(res.row)[0])
     seconds["baselines"] = time.perf_counter() - t
     table["swarm"] = swarm_row
+    if hold_u is not None:
+        for name, row in (("base model", rows_all[k] if cfg.include_base else None),
+                          *((names[i], rows_all[i]) for i in range(k)), ("swarm", result.best)):
+            if row is not None:
+                table[name]["holdout"] = float(hold_u(row)[0])
 
     # -- outputs -------------------------------------------------------------------------------
     best = save_expert(pool, result.best, out / "best_adapter")
