@@ -50,3 +50,23 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all checks passed" in proc.stdout
     assert "| pso_step_ |" in out.read_text() and "Checks: all passed" in out.read_text()
+
+
+def test_package_works_without_the_compiled_extension():
+    """Without swarmkern._C (a build without torch, or a failed build) the ops fall back to the
+    reference and `swarmkern info` says why."""
+    code = (
+        "import sys; sys.modules['swarmkern._C'] = None\n"
+        "import torch\n"
+        "from swarmkern import ops\n"
+        "from swarmkern.cli import main\n"
+        "from click.testing import CliRunner\n"
+        "assert ops.default_backend('cpu') == 'reference', ops.backend_summary()\n"
+        "x, v, p = (torch.randn(2, 5) for _ in range(3))\n"
+        "ops.pso_step_(x, v, p, p[0], torch.randn(5), torch.full((2, 4), 0.25), 1.0)\n"
+        "out = CliRunner().invoke(main, ['info']).output\n"
+        "assert 'swarmkern._C' in out and 'not built' in out or 'failed to load' in out, out\n"
+        "print('fallback ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stdout + proc.stderr
