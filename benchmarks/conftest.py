@@ -43,6 +43,30 @@ class OpsTable:
         return "\n".join(lines)
 
 
+    def targets(self) -> str:
+        """The issue's CPU targets, checked on this run's numbers (benchmarks, not tests)."""
+        out = []
+        for group, variants in self.rows.items():
+            cpu = variants.get("cpu")
+            if not cpu:
+                continue
+            for base, goal in (("eager reference", 5.0), ("torch.compile", 1.0), ("torch.mm", 1.0)):
+                if base in variants:
+                    ratio = variants[base][0] / cpu[0]
+                    if base == "torch.compile" and not group.endswith("fp32"):  # the issue sets it for fp32
+                        out.append(f"- {group}: cpu {ratio:.2f}x {base} (no target)")
+                        continue
+                    out.append(f"- {group}: cpu {ratio:.2f}x {base} (target >= {goal:g}x: "
+                               f"{'met' if ratio >= goal else 'NOT met'})")
+            if group.startswith("pso_step_") and group.endswith(" bf16"):
+                fp32 = self.rows.get(group[: -len("bf16")] + "fp32", {}).get("cpu")
+                if fp32:
+                    ratio = fp32[0] / cpu[0]
+                    out.append(f"- {group[: -len(' bf16')]}: cpu bf16 {ratio:.2f}x faster than fp32 "
+                               f"(target >= 1.6x: {'met' if ratio >= 1.6 else 'NOT met'})")
+        return "\n".join(out)
+
+
 def _bw(entry) -> float | None:
     return entry[2] / entry[0] / 1e9 if entry else None
 
@@ -91,7 +115,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 "GB/s from the modelled bytes (KERNELS.md); \"% of copy\" against a copy of the same data timed in "
                 "the same group; \"x eager\" / \"x compiled / x mm\": speedup over the eager reference / "
                 "torch.compile(reference) (pso_step_) or torch.mm (combine) in the same run (min of the rounds; the machine is shared and noisy).\n\n"
-                f"{table}\n")
+                f"{table}\n\nTargets (issue 2, CPU):\n\n{_TABLE.targets()}\n")
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
