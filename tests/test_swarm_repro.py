@@ -74,7 +74,8 @@ def test_generic_objectives_improve_over_iterations(objective, dim):
     assert all(b >= a for a, b in zip(g, g[1:]))
     start = float(utility(pts).max())
     assert res.best_utility > start + 0.1 * abs(start)  # at least 10% better than the best starting point
-    assert float(utility(res.best.unsqueeze(0))[0]) == res.best_utility
+    # re-scored alone: a sum over D may reduce in another order than in the batch (threads)
+    assert float(utility(res.best.unsqueeze(0))[0]) == pytest.approx(res.best_utility, rel=1e-9)
 
 
 def test_include_base_reaches_beyond_the_affine_hull():
