@@ -27,9 +27,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from swarmkern.config import (ConfigError, RunConfig, _resolve_paths, _set_path, parse_override,
-                              validate_run_config)
-from swarmkern.swarm.config import SwarmConfig
+from swarmkern.config import ConfigError, RunConfig, _resolve_paths, read_config_mapping, validate_run_config
 
 __all__ = ["CompareSection", "CompareConfig", "DEFAULT_METHODS", "load_compare_config", "run_compare",
            "format_table"]
@@ -89,31 +87,8 @@ def _resolve_compare_paths(section: dict, base: Path) -> None:
 def load_compare_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> CompareConfig:
     """Read, override ("compare.budget=50", "swarm.max_iters=5") and validate a compare config;
     options: output_dir, seed, max_iters, ... as for `swarmkern search`."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections experts, swarm, utility, output, compare")
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_path(data, key, value)
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "output_dir":
-            _set_path(data, "output.dir", os.path.abspath(value))
-        elif key == "overwrite":
-            _set_path(data, "output.overwrite", value)
-        elif key in SwarmConfig.model_fields:
-            _set_path(data, f"swarm.{key}", value)
-        else:
-            raise ConfigError(f"unknown option {key!r}")
+    data = read_config_mapping(path, overrides, "experts, swarm, utility, output, compare", **options)
     section = data.pop("compare", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: compare: expected a mapping")

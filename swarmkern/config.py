@@ -142,9 +142,11 @@ def validate_run_config(data: Any, where: str = "config") -> RunConfig:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> RunConfig:
-    """Read, override and validate a run config. overrides: "section.field=value" strings;
-    options: `output_dir`, `seed`, `max_iters`, ... set their fields (None = keep the file's)."""
+def read_config_mapping(path: str | Path, overrides: Sequence[str] = (), sections: str = "experts, swarm, utility, output",
+                        **options: Any) -> dict[str, Any]:
+    """Read a YAML config file and apply overrides ("section.field=value" strings) and options
+    (`output_dir`, `overwrite`, or any SwarmConfig field; None = keep the file's). Paths are not resolved
+    and nothing is validated yet; errors name the file."""
     import yaml
 
     path = Path(path)
@@ -157,7 +159,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections experts, swarm, utility, output")
+        raise ConfigError(f"{path}: expected a mapping with sections {sections}")
     for item in overrides:
         key, value = parse_override(item)
         _set_path(data, key, value)
@@ -172,6 +174,14 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: 
             _set_path(data, f"swarm.{key}", value)
         else:
             raise ConfigError(f"unknown option {key!r}")
+    return data
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> RunConfig:
+    """Read, override and validate a run config. overrides: "section.field=value" strings;
+    options: `output_dir`, `seed`, `max_iters`, ... set their fields (None = keep the file's)."""
+    path = Path(path)
+    data = read_config_mapping(path, overrides, **options)
     _resolve_paths(data, path.parent.absolute())
     return validate_run_config(data, str(path))
 
