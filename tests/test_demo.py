@@ -77,3 +77,37 @@ def test_demo_tiny_end_to_end(tmp_path):
     assert res2.exit_code == 0, res2.output
     assert "experts: cached" in res2.output
     assert json.loads((out / "demo.json").read_text())["rows"] == rows  # deterministic
+
+
+def test_demo_rejects_a_bad_model_dir(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--model", str(tmp_path), "--out", str(tmp_path / "o"),
+                                    "--cache", str(tmp_path / "c")])
+    assert res.exit_code != 0
+    assert "not a transformers model directory" in res.output
+
+
+def test_base_init_adapter_is_the_base_model(tmp_path):
+    """The extra particle must be exactly the base model, else 'include the base' would be a lie."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swarmkern.demo.experts import LoraSpec, init_adapter, load_adapter, save_adapter
+    from swarmkern.demo.model import prompt_template
+    from swarmkern.demo.stack import SplitModel, encode
+    from swarmkern.testing import build_tiny_causal_lm
+
+    d = build_tiny_causal_lm(tmp_path / "m", num_layers=3)
+    tok = AutoTokenizer.from_pretrained(str(d))
+    split = SplitModel(AutoModelForCausalLM.from_pretrained(str(d)), 2)
+    spec = LoraSpec(4, 8.0)
+    init = init_adapter(split, spec, seed=0)
+    save_adapter({n: (a, torch.zeros_like(b)) for n, (a, b) in init.items()}, spec, tmp_path / "b", str(d))
+    tensors, spec2 = load_adapter(tmp_path / "b")
+    assert spec2 == spec and set(tensors) == set(split.slots)
+    enc = encode(tok, tasks.sample({"larger": 1}, 4, seed=0), prompt_template(tok))
+    h = split.lower(enc)
+    plain = split.choice_logits(h, enc, 1)
+    split.set_adapter({n: (a.unsqueeze(0), b.unsqueeze(0)) for n, (a, b) in tensors.items()}, spec.scale)
+    torch.testing.assert_close(split.choice_logits(h, enc, 1), plain)
+    # and a non-zero B changes the output (the adapter is really applied)
+    split.set_adapter({n: (a.unsqueeze(0), torch.ones_like(b).unsqueeze(0)) for n, (a, b) in tensors.items()}, spec.scale)
+    assert not torch.allclose(split.choice_logits(h, enc, 1), plain)

@@ -196,10 +196,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
          f"({', '.join(tasks.TARGET_SKILLS)}, held-out phrasings)")
 
     table: dict[str, dict[str, Any]] = {}
-    base_row = torch.zeros_like(experts[0]) if not cfg.include_base else rows_all[k]
-    if not cfg.include_base:
-        base_row = None
-    if base_row is not None:
+    if cfg.include_base:
         table["base model"] = {"kind": "no adapter", "dev": float(dev_all[k]), "test": float(test_all[k])}
     for i in range(k):
         mix = meta["mixtures"][names[i]]
@@ -224,7 +221,6 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     ctx = MergeContext(experts=experts.contiguous(), segments=segments_of(pool.layout), dev=dev_u, test=test_u,
                        names=names[:k], budget=int(result.summary["evaluations"]), seed=cfg.seed, batch_size=8,
                        pool=pool)
-    ctx._expert_dev = dev_all[:k].double()  # already scored above; each method is still charged K evals
     for spec in cfg.baselines:
         method = parse_method_config(spec)
         ctx.begin()
