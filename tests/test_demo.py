@@ -111,3 +111,32 @@ def test_base_init_adapter_is_the_base_model(tmp_path):
     # and a non-zero B changes the output (the adapter is really applied)
     split.set_adapter({n: (a.unsqueeze(0), torch.ones_like(b).unsqueeze(0)) for n, (a, b) in tensors.items()}, spec.scale)
     assert not torch.allclose(split.choice_logits(h, enc, 1), plain)
+
+
+def test_saved_expert_means_the_same_to_peft(tmp_path):
+    """PEFT applying a saved adapter must give the logits our split scorer computes with it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swarmkern.demo.experts import LoraSpec, init_adapter, save_adapter
+    from swarmkern.demo.model import prompt_template
+    from swarmkern.demo.stack import SplitModel, encode
+    from swarmkern.testing import build_tiny_causal_lm
+
+    d = build_tiny_causal_lm(tmp_path / "m", num_layers=3)
+    tok = AutoTokenizer.from_pretrained(str(d))
+    split = SplitModel(AutoModelForCausalLM.from_pretrained(str(d)), 2)
+    spec = LoraSpec(4, 8.0)
+    gen = torch.Generator().manual_seed(0)
+    adapter = {n: (a, torch.randn(b.shape, generator=gen) * 0.3) for n, (a, b) in init_adapter(split, spec, 0).items()}
+    save_adapter(adapter, spec, tmp_path / "e", str(d))
+    enc = encode(tok, tasks.sample({"larger": 1, "add": 1}, 5, seed=1), prompt_template(tok))
+    split.set_adapter({n: (a.unsqueeze(0), b.unsqueeze(0)) for n, (a, b) in adapter.items()}, spec.scale)
+    ours = split.choice_logits(split.lower(enc), enc, 1)[0]
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(d)), str(tmp_path / "e")).eval()
+    with torch.no_grad():
+        full = peft_model(input_ids=enc.ids).logits
+    for i in range(len(enc.answer)):
+        mask = enc.choice_ids[i] >= 0
+        want = full[i, enc.lengths[i] - 1, enc.choice_ids[i][mask]]
+        torch.testing.assert_close(ours[i][mask], want, rtol=1e-4, atol=1e-4)

@@ -134,8 +134,8 @@ class SplitModel:
 
     @torch.no_grad()
     def lower(self, enc: Encoded, batch: int = 64) -> torch.Tensor:
-        """Hidden states entering layer `first_top` for every row of `enc`: [N, T, H] in self.dtype."""
-        self.set_adapter(None)
+        """Hidden states entering layer `first_top` for every row of `enc`: [N, T, H] in self.dtype.
+        (The lower layers carry no LoRA slots, so any adapter that is set stays set and unused.)"""
         out = []
         for s in range(0, len(enc.ids), batch):
             ids = enc.ids[s:s + batch, :int(enc.lengths[s:s + batch].max())]
