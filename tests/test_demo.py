@@ -72,6 +72,13 @@ def test_demo_tiny_end_to_end(tmp_path):
     # the swarm's reported dev score is its own best particle's, re-scored independently
     summary = json.loads((out / "swarm" / "summary.json").read_text())
     assert summary["best_dev_utility"] == pytest.approx(rows["swarm"]["dev"])
+    # the exported compare config runs the project's own multiple_choice utility on the same experts
+    res_c = CliRunner().invoke(main, ["compare", str(out / "compare.yaml"), "--max-iters", "1", "--no-progress",
+                                      "--methods", "best_single,uniform_soup"])
+    assert res_c.exit_code == 0, res_c.output
+    compared = json.loads((out / "compare" / "compare.json").read_text())
+    assert set(compared) == {"swarm", "best_single", "uniform_soup"}
+    assert all(r["test"] is not None for r in compared.values())
     # second run: the experts come from the cache
     res2 = CliRunner().invoke(main, args)
     assert res2.exit_code == 0, res2.output

@@ -136,6 +136,43 @@ def build_experts(cfg: DemoConfig, split: SplitModel, tokenizer, prompt: str, mo
     return [root / n for n in names], root / "base_init", meta
 
 
+# -- export: the same experts and quiz for `swarmkern compare` ---------------------------------
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_compare_config(cfg: DemoConfig, out: Path, model_dir: Path, expert_dirs: list[Path], prompt: str,
+                          dev: list[tasks.Example], test: list[tasks.Example]) -> Path:
+    """Write quiz/{dev,test}.jsonl and compare.yaml, so that `swarmkern compare out/compare.yaml` runs
+    every baseline of swarmkern.merge on the demo's experts with the built-in multiple_choice utility
+    (which scores whole choices by log-likelihood: slower than the demo's first-token scorer, and its
+    numbers can differ a little)."""
+    import yaml
+
+    quiz = out / "quiz"
+    quiz.mkdir(exist_ok=True)
+    for name, exs in (("dev", dev), ("test", test)):
+        _atomic_text(quiz / f"{name}.jsonl", "".join(
+            json.dumps({"question": e.question, "choices": list(e.choices), "answer": e.answer}) + "\n" for e in exs))
+    config = {
+        "experts": {"paths": [str(p) for p in expert_dirs]},
+        "swarm": {"n_particles": cfg.n_particles, "include_base": cfg.include_base, "phi_v": cfg.phi_v,
+                  "phi_p": cfg.phi_p, "phi_g": cfg.phi_g, "phi_w": cfg.phi_w, "step": cfg.step,
+                  "min_step": min(0.1, cfg.step), "max_iters": cfg.max_iters, "patience": cfg.patience,
+                  "seed": cfg.seed},
+        "utility": {"type": "multiple_choice", "model": str(model_dir), "dev": str(quiz / "dev.jsonl"),
+                    "test": str(quiz / "test.jsonl"), "template": prompt, "continuation": " {choice}",
+                    "dtype": "float32" if cfg.tiny else cfg.dtype},
+        "output": {"dir": str(out / "compare"), "overwrite": True},
+        "compare": {"swarm": True},
+    }
+    path = out / "compare.yaml"
+    _atomic_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 # -- the run ---------------------------------------------------------------------------------
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
@@ -245,6 +282,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
     # -- outputs -------------------------------------------------------------------------------
     best = save_expert(pool, result.best, out / "best_adapter")
+    export_compare_config(cfg, out, model_dir, expert_dirs, prompt, dev, test)
     text = format_table(table)
     plot_compare({n: {"dev": r["dev"], "test": r["test"]} for n, r in table.items()}, out / "demo.png")
     seconds["total"] = time.perf_counter() - t_start
