@@ -46,6 +46,7 @@ def demo_cmd(tiny, model, out, cache, seed, n_experts, n_particles, max_iters, t
     click.echo(f"outputs in {res.out_dir}: demo.md (this table), demo.json, demo.png (dev/test bars), "
                f"swarm/utilities.png (search history)")
     click.echo(f"best adapter (PEFT): {res.best_adapter}")
+    click.echo(f"every baseline on the same experts: swarmkern compare {res.out_dir / 'compare.yaml'}")
     click.echo(f"time: {res.seconds['total']:.0f} s (experts {res.seconds['experts']:.0f} s, "
                f"swarm {res.seconds['swarm']:.0f} s, baselines {res.seconds['baselines']:.0f} s)")
 
