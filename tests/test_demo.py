@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_target_splits_are_disjoint_and_balanced():
 def test_examples_have_their_answer_among_distinct_choices():
     for name, gen in tasks.SKILLS.items():
         for split in (tasks.TRAIN, tasks.HELDOUT):
-            ex = gen(__import__("random").Random(1), split)
+            ex = gen(random.Random(1), split)
             assert len(set(ex.choices)) == len(ex.choices) >= 2, name
             assert 0 <= ex.answer < len(ex.choices)
 
