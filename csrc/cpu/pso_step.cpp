@@ -17,21 +17,42 @@ namespace swarmkern::cpu {
 namespace {
 
 // Blocks of D. A thread streams each particle's row segment of the block in turn (long sequential
-// runs that the hardware prefetchers follow), while the block's gbest/gworst stay in L2 (256 KiB
-// each): they come from memory once per element for all P particles, as in the roofline. Measured
-// here (P=10, D=8e6 and P=32, D=2e6): walking all P rows every 64 elements with g/w in registers was
-// ~2x slower (too many concurrent streams); 8 KiB blocks ~1.4x slower; 128-512 KiB blocks best.
-#ifndef SWARMKERN_CPU_BLOCK_BYTES
-#define SWARMKERN_CPU_BLOCK_BYTES (256 * 1024)
+// runs that the hardware prefetchers follow), while the block's gbest/gworst stay in L2/L3: they come
+// from memory once per element for all P particles, as in the roofline. Measured (AMD EPYC Zen 5,
+// 2 threads, P=10, D=8e6 and P=32, D=2e6): walking all P rows every 64 elements with g/w in registers
+// was ~2x slower (too many concurrent streams); 8 KiB blocks ~1.4x slower; fp32 is fastest with
+// 128 KiB blocks (256 KiB: up to 1.1x slower at P=10), bf16 with 1 MiB ones (256 KiB: 1.05x slower,
+// 128 KiB: 1.2x slower), i.e. longer runs per row matter more than g/w staying in L2 for 2-byte rows.
+#ifndef SWARMKERN_CPU_BLOCK_BYTES_FP32
+#define SWARMKERN_CPU_BLOCK_BYTES_FP32 (128 * 1024)
 #endif
-// Smaller blocks when D is too short to give every thread a few of them.
+#ifndef SWARMKERN_CPU_BLOCK_BYTES_16BIT
+#define SWARMKERN_CPU_BLOCK_BYTES_16BIT (1024 * 1024)
+#endif
+// Smaller blocks when D is too short to give every thread a few of them. The number of blocks is a
+// multiple of the thread count where possible (at::parallel_for splits them statically: 31 blocks on
+// 2 threads left one thread idle for 1/31 of the time, 3% at P=32, D=2e6 fp32).
 template <typename T>
 int64_t block_elements(int64_t D) {
-  constexpr int64_t largest = SWARMKERN_CPU_BLOCK_BYTES / static_cast<int64_t>(sizeof(T));
+  constexpr int64_t bytes = sizeof(T) == 4 ? SWARMKERN_CPU_BLOCK_BYTES_FP32 : SWARMKERN_CPU_BLOCK_BYTES_16BIT;
+  constexpr int64_t largest = bytes / static_cast<int64_t>(sizeof(T));
   static_assert(largest % kPair == 0, "a block is whole vector pairs");
-  const int64_t per_thread = (D + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads());
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_thread = (D + 4 * threads - 1) / (4 * threads);
   const int64_t rounded = (per_thread + kPair - 1) / kPair * kPair;
-  return std::min(largest, std::max<int64_t>(16 * kPair, rounded));
+  const int64_t block = std::min(largest, std::max<int64_t>(16 * kPair, rounded));
+  const int64_t n_blocks = (D + block - 1) / block;
+  const int64_t balanced = (n_blocks + threads - 1) / threads * threads;
+  const int64_t even = ((D + balanced - 1) / balanced + kPair - 1) / kPair * kPair;
+  return std::max<int64_t>(16 * kPair, std::min(block, even));
+}
+// Software prefetch distance along a row of x, v, pbest (and into the next particle's segment at the
+// end of one): the hardware prefetchers restart on every segment. Measured as the blocks above: 1 KiB
+// ahead made fp32 1.07-1.12x faster (512 B: 1.0x, 2 KiB: 0.95x); 4 KiB ahead made bf16 1.35-1.6x
+// faster (8-16 KiB: about the same).
+template <typename T>
+constexpr int64_t prefetch_bytes() {
+  return sizeof(T) == 4 ? 1024 : 4096;
 }
 // Enough work per task to amortise scheduling (elements of D times particles).
 constexpr int64_t kGrainElements = 1 << 16;
@@ -55,6 +76,8 @@ void pso_step_kernel(T* x, T* v, const T* p, const T* g, const T* w, const float
   const int64_t kBlock = block_elements<T>(r.D);
   const int64_t n_blocks = (r.D + kBlock - 1) / kBlock;
   const Vec step_vec(step);
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));  // elements per cache line
+  constexpr int64_t kAhead = prefetch_bytes<T>() / static_cast<int64_t>(sizeof(T));
   at::parallel_for(0, n_blocks, grain_blocks(kBlock, r.P), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = b * kBlock;
@@ -67,7 +90,21 @@ void pso_step_kernel(T* x, T* v, const T* p, const T* g, const T* w, const float
         const T* gj = g + j0;
         const T* wj = w + j0;
         const PsoCoef<Vec> c{Vec(coef[4 * i]), Vec(coef[4 * i + 1]), Vec(coef[4 * i + 2]), Vec(coef[4 * i + 3])};
+        // The row segments are short runs: prefetch ahead, into the next particle's segment at the end.
+        const bool next_row = i + 1 < r.P;
         for (int64_t e = 0; e < n_pair; e += kPair) {
+          const int64_t a = e + kAhead;
+          for (int64_t l = 0; l < kPair; l += kLine) {
+            if (a < n) {
+              __builtin_prefetch(xi + a + l, 1, 3);
+              __builtin_prefetch(vi + a + l, 1, 3);
+              __builtin_prefetch(pi + a + l, 0, 3);
+            } else if (next_row && a - n < n) {
+              __builtin_prefetch(xi + r.sx + (a - n) + l, 1, 3);
+              __builtin_prefetch(vi + r.sv + (a - n) + l, 1, 3);
+              __builtin_prefetch(pi + r.sp + (a - n) + l, 0, 3);
+            }
+          }
           Vec x0, x1, v0, v1, p0, p1, g0, g1, w0, w1;
           load_pair(xi + e, x0, x1);
           load_pair(vi + e, v0, v1);
