@@ -118,20 +118,36 @@ def philox_kernel(ctr_ptr, out_ptr, k_lo, k_hi, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _block_start(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, D, stride_x, stride_v, stride_p, PARTICLES_PER_PROGRAM,
+                 BLOCK: tl.constexpr):
+    """The program's BLOCK of element offsets, its gbest and gworst values (loaded once, fp32) and the
+    row pointers of its first particle."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_d = offs < D
+    g = tl.load(g_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
+    first = tl.program_id(1).to(tl.int64) * PARTICLES_PER_PROGRAM
+    return (offs, g, w, first, x_ptr + first * stride_x + offs, v_ptr + first * stride_v + offs,
+            p_ptr + first * stride_p + offs)
+
+
+@triton.jit
+def _velocity(x, v, p, g, w, a, b, c, d):
+    """a*v + b*(p - x) + c*(g - x) + d*(x - w), left to right, unfused (the reference's order)."""
+    n = _add(_mul(a, v), _mul(b, _sub(p, x)))
+    n = _add(n, _mul(c, _sub(g, x)))
+    return _add(n, _mul(d, _sub(x, w)))
+
+
+@triton.jit
 def pso_step_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, coef_ptr, step, P, D,
                     stride_x, stride_v, stride_p, stride_c, PARTICLES_PER_PROGRAM,
                     BLOCK: tl.constexpr):
     """Grid (cdiv(D, BLOCK), cdiv(P, PARTICLES_PER_PROGRAM)). Each program loads its BLOCK of gbest and
     gworst once and walks its particles:
         v <- c_v*v + c_p*(p - x) + c_g*(g - x) + c_w*(x - w);  x <- x + step*v   (fp32, left to right)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_d = offs < D
-    g = tl.load(g_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
-    first = tl.program_id(1).to(tl.int64) * PARTICLES_PER_PROGRAM
-    xp = x_ptr + first * stride_x + offs
-    vp = v_ptr + first * stride_v + offs
-    pp = p_ptr + first * stride_p + offs
+    offs, g, w, first, xp, vp, pp = _block_start(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, D, stride_x, stride_v,
+                                                 stride_p, PARTICLES_PER_PROGRAM, BLOCK)
     for j in range(PARTICLES_PER_PROGRAM):
         # rows past P (the last program's spare particles) store nothing; `in_d & live` would be the
         # natural spelling, but the interpreter turns a block & scalar of bools into int64
@@ -145,9 +161,7 @@ def pso_step_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, coef_ptr, step, P, D,
         x = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(vp, mask=mask, other=0.0).to(tl.float32)
         p = tl.load(pp, mask=mask, other=0.0).to(tl.float32)
-        nv = _add(_mul(c_v, v), _mul(c_p, _sub(p, x)))
-        nv = _add(nv, _mul(c_g, _sub(g, x)))
-        nv = _add(nv, _mul(c_w, _sub(x, w)))
+        nv = _velocity(x, v, p, g, w, c_v, c_p, c_g, c_w)
         nx = _add(x, _mul(step, nv))
         tl.store(vp, nv.to(v_ptr.dtype.element_ty), mask=mask)
         tl.store(xp, nx.to(x_ptr.dtype.element_ty), mask=mask)
@@ -166,15 +180,9 @@ def pso_step_random_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, phi_ptr, step, r_l
     a, b, c, d = r_k * phi[i, k];  n = a*v + b*(p - x) + c*(g - x) + d*(x - w);
     v <- n / (a + b + c + d) (0 where the sum is 0) if NORMALIZE else n;  x <- x + step*v.
     elem_start shifts the element index of the stream (0 for a whole buffer)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_d = offs < D
+    offs, g, w, first, xp, vp, pp = _block_start(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, D, stride_x, stride_v,
+                                                 stride_p, PARTICLES_PER_PROGRAM, BLOCK)
     elem = elem_start + offs
-    g = tl.load(g_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=in_d, other=0.0).to(tl.float32)
-    first = tl.program_id(1).to(tl.int64) * PARTICLES_PER_PROGRAM
-    xp = x_ptr + first * stride_x + offs
-    vp = v_ptr + first * stride_v + offs
-    pp = p_ptr + first * stride_p + offs
     for j in range(PARTICLES_PER_PROGRAM):
         # rows past P (the last program's spare particles) store nothing; `in_d & live` would be the
         # natural spelling, but the interpreter turns a block & scalar of bools into int64
@@ -192,9 +200,7 @@ def pso_step_random_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, phi_ptr, step, r_l
         x = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(vp, mask=mask, other=0.0).to(tl.float32)
         p = tl.load(pp, mask=mask, other=0.0).to(tl.float32)
-        n = _add(_mul(a, v), _mul(b, _sub(p, x)))
-        n = _add(n, _mul(c, _sub(g, x)))
-        n = _add(n, _mul(d, _sub(x, w)))
+        n = _velocity(x, v, p, g, w, a, b, c, d)
         if NORMALIZE:
             total = _add(_add(_add(a, b), c), d)
             nonzero = total != 0.0
