@@ -1,10 +1,16 @@
 """Top-k prediction ensemble: the k best experts by dev utility each predict, and their predictions are
 combined per example (not a weight merge; the paper reports it as a baseline).
 
-Needs per-example predictions, which a score-only utility cannot give. Two sources, in order:
-1. the utility's scorers expose `predict(particles [B, D]) -> [B, N, C]` (a score per example and
-   class, e.g. log-likelihood of each choice; -inf pads) and `score_predictions(pred [N, C]) -> float`;
-2. otherwise, a multiple-choice JSONL dataset (`dev` / `test` files of {"question", "choices",
+Needs per-example predictions, which a score-only utility cannot give. Sources, in order:
+1. the utility's scorers have `ensemble(members [k, D], how) -> (score, how used)`: every built-in
+   utility does. Multiple choice (log-likelihood) combines choice probabilities (`mean_prob`) or votes;
+   generated answers (multiple choice "generate", exact match) take a majority vote; free-text responses
+   (reward model, LLM judge) keep the consensus response per prompt; a multi-task utility ensembles each
+   task its own way and combines the task scores (utilities/ensemble.py has the math);
+2. the scorers expose `predict(particles [B, D]) -> [B, N, C]` (a score per example and class, e.g.
+   log-likelihood of each choice; -inf pads) and `score_predictions(pred [N, C]) -> float` (e.g. a
+   Python utility's callable object);
+3. otherwise, a multiple-choice JSONL dataset (`dev` / `test` files of {"question", "choices",
    "answer"}, from the utility config or this method's own fields) scored by log-likelihood with the
    project's batched evaluator, with the multiple_choice utility's prompt template and continuation
    format when that is the utility (its "generate" scoring is replaced by log-likelihood here); the
@@ -18,24 +24,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from ..utilities.ensemble import combine_class_scores
 from .base import MergeContext, MergeMethod, MethodResult
 from .registry import register_method
 
 __all__ = ["combine_predictions", "TopKEnsemble"]
 
 
-def combine_predictions(preds: torch.Tensor, how: Literal["mean_prob", "vote"] = "mean_prob") -> torch.Tensor:
-    """preds [M, N, C] per-class scores (log-likelihoods) of M experts -> combined [N, C] log scores.
-    mean_prob: log of the mean of softmax probabilities; vote: votes per class (ties: the higher mean
-    probability wins)."""
-    probs = torch.softmax(preds.double(), dim=-1)
-    mean = probs.mean(dim=0)
-    if how == "mean_prob":
-        return mean.clamp(min=1e-300).log()
-    if how == "vote":
-        votes = torch.nn.functional.one_hot(preds.argmax(-1), preds.shape[-1]).sum(0).double()
-        return votes + mean * 1e-3  # mean prob < 1 only breaks ties between equal vote counts
-    raise ValueError(f"ensemble.combine: expected 'mean_prob' or 'vote', got {how!r}")
+combine_predictions = combine_class_scores  # [M, N, C] per-class scores -> [N, C] (mean_prob or vote)
 
 
 class _MultipleChoice:
@@ -133,13 +129,19 @@ class TopKEnsemble(MergeMethod):
     def run(self, ctx: MergeContext) -> MethodResult:
         k = min(self.k, ctx.K)
         top = torch.argsort(ctx.expert_scores(), descending=True, stable=True)[:k].tolist()
-        source: Any = _UtilityPredictions(ctx) if _UtilityPredictions.supports(ctx.dev) else _MultipleChoice(ctx, self)
         rows = ctx.experts[top]
+        info: dict[str, Any] = {"experts": [ctx.names[i] for i in top]}
+        if callable(getattr(ctx.dev, "ensemble", None)):
+            dev, info["combine"] = ctx.dev.ensemble(rows, self.combine)
+            ctx.evaluations += k  # the k experts' dev predictions: one evaluation each
+            test = ctx.test.ensemble(rows, self.combine)[0] if callable(getattr(ctx.test, "ensemble", None)) else None
+            return MethodResult(None, dev=float(dev), test=test, info={**info, "source": "utility"})
+        source: Any = _UtilityPredictions(ctx) if _UtilityPredictions.supports(ctx.dev) else _MultipleChoice(ctx, self)
         dev = source.score(combine_predictions(source.predict(rows, "dev"), self.combine), "dev")
-        ctx.evaluations += k  # the k experts' dev predictions: one evaluation each
+        ctx.evaluations += k
         test = None
         if source.has("test"):
             test = source.score(combine_predictions(source.predict(rows, "test"), self.combine), "test")
         return MethodResult(None, dev=dev, test=test,
-                            info={"experts": [ctx.names[i] for i in top], "combine": self.combine,
+                            info={**info, "combine": self.combine,
                                   "source": "utility" if isinstance(source, _UtilityPredictions) else "multiple_choice"})

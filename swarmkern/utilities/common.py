@@ -57,14 +57,21 @@ class ModelUtility(UtilityConfig):
 
 
 class Scorer:
-    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU)."""
+    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU).
+
+    `ensemble(members [M, D] best first, how) -> (score, how used)`, when given, scores the members'
+    combined per-example predictions (see utilities/ensemble.py); the top-k ensemble baseline uses it.
+    """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
-                 finalize: Callable[[Path], None] | None = None):
+                 finalize: Callable[[Path], None] | None = None,
+                 ensemble: Callable[[torch.Tensor, str], tuple[float, str]] | None = None):
         self._fn = fn
         self.name = name
         if finalize is not None:
             self.finalize = finalize
+        if ensemble is not None:
+            self.ensemble = ensemble
 
     def __call__(self, particles: torch.Tensor) -> torch.Tensor:
         if particles.dim() != 2:

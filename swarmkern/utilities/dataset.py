@@ -14,6 +14,7 @@ from swarmkern.data import MultipleChoiceExample, PromptAnswerExample, load_json
 from swarmkern.evaluate import encode_requests
 
 from .common import NORMALIZERS, ModelUtility, Scorer, normalize_text
+from .ensemble import combine_class_scores, majority_vote
 from .registry import register_utility
 
 __all__ = ["MultipleChoice", "ExactMatch", "parse_choice_letter"]
@@ -67,44 +68,45 @@ class MultipleChoice(ModelUtility):
             prompts = self.encode_prompts(ev.tokenizer, [self._prompt(ex) for ex in examples])
             n_choices = [len(ex.choices) for ex in examples]
 
-            def score(particles: torch.Tensor) -> torch.Tensor:
+            def picked(particles: torch.Tensor) -> list[list[int | None]]:
                 texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens,
                                     micro_batch=self.micro_batch)
-                picked = torch.tensor([[_or_minus1(parse_choice_letter(t, n)) for t, n in zip(row, n_choices)]
-                                       for row in texts])
-                return (picked == answers[None]).double().mean(1)
-            return Scorer(score, name)
+                return [[parse_choice_letter(t, n) for t, n in zip(row, n_choices)] for row in texts]
 
-        contexts, conts, owner = [], [], []
+            def accuracy(choices: list[list[int | None]]) -> torch.Tensor:
+                return (torch.tensor([[_or_minus1(k) for k in row] for row in choices]) == answers[None]).double().mean(1)
+
+            def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
+                return float(accuracy([majority_vote(picked(members))])[0]), "vote"
+            return Scorer(lambda particles: accuracy(picked(particles)), name, ensemble=ensemble)
+
+        contexts, conts, where = [], [], []
         for i, ex in enumerate(examples):
             prompt = self._prompt(ex)
             for k, c in enumerate(ex.choices):
                 contexts.append(prompt)
                 conts.append(self.continuation.format(choice=c, letter=LETTERS[k]))
-                owner.append(i)
+                where.append((i, k))
         requests = encode_requests(ev.tokenizer, contexts, conts, max_length=self.max_length)
         n_tok = torch.tensor(requests.n_cont, dtype=torch.float64)
-        owner_t = torch.tensor(owner)
-        starts = torch.tensor([owner.index(i) for i in range(len(examples))])
+        row_of, col_of = torch.tensor(where).T
+        n_cols = max(len(ex.choices) for ex in examples)
 
-        def score(particles: torch.Tensor) -> torch.Tensor:
+        def choice_scores(particles: torch.Tensor) -> torch.Tensor:
+            """[B, N, C] (normalised) log-likelihood of every choice; -inf where a question has fewer."""
             ll = ev.loglikelihood(particles, requests, micro_batch=self.micro_batch)  # [B, sum choices]
             if self.scoring == "loglik_norm":
                 ll = ll / n_tok
-            # argmax within each question's block of choices (the first one wins ties)
-            best = torch.full((ll.shape[0], len(examples)), -torch.inf, dtype=torch.float64)
-            best = best.scatter_reduce(1, owner_t.expand_as(ll), ll, reduce="amax")
-            first = _first_best(ll == best[:, owner_t], owner_t, len(examples))
-            return ((first - starts[None]) == answers[None]).double().mean(1)
-        return Scorer(score, name)
+            out = torch.full((ll.shape[0], len(examples), n_cols), -torch.inf, dtype=torch.float64)
+            out[:, row_of, col_of] = ll.double()
+            return out
 
+        def accuracy(scores: torch.Tensor) -> torch.Tensor:  # argmax: the first choice wins ties
+            return (scores.argmax(-1) == answers).double().mean(-1)
 
-def _first_best(is_best: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, n] index (into the flat choice list) of the first maximal choice of each question."""
-    B, C = is_best.shape
-    idx = torch.where(is_best, torch.arange(C).expand(B, C), torch.full((B, C), C))
-    out = torch.full((B, n), C, dtype=torch.long)
-    return out.scatter_reduce(1, owner.expand(B, C), idx, reduce="amin")
+        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
+            return float(accuracy(combine_class_scores(choice_scores(members), how))), how
+        return Scorer(lambda particles: accuracy(choice_scores(particles)), name, ensemble=ensemble)
 
 
 def _or_minus1(k: int | None) -> int:
@@ -149,9 +151,15 @@ class ExactMatch(ModelUtility):
         prompts = self.encode_prompts(ev.tokenizer, [self.template.format(prompt=ex.prompt) for ex in examples])
         targets = [normalize_text(ex.answer, self.normalize) for ex in examples]
 
-        def score(particles: torch.Tensor) -> torch.Tensor:
+        def answers(particles: torch.Tensor) -> list[list[str | None]]:
             texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
                                 micro_batch=self.micro_batch)
-            return torch.tensor([sum(self.extract(t) == a for t, a in zip(row, targets)) / len(targets)
-                                 for row in texts], dtype=torch.float64)
-        return Scorer(score, f"exact_match[{split}]")
+            return [[self.extract(t) or None for t in row] for row in texts]  # "" is no answer
+
+        def accuracy(given: list[list[str | None]]) -> torch.Tensor:
+            return torch.tensor([sum((g or "") == a for g, a in zip(row, targets)) / len(targets) for row in given],
+                                dtype=torch.float64)
+
+        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
+            return float(accuracy([majority_vote(answers(members))])[0]), "vote"
+        return Scorer(lambda particles: accuracy(answers(particles)), f"exact_match[{split}]", ensemble=ensemble)

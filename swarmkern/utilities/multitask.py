@@ -129,7 +129,18 @@ class MultiTask(UtilityConfig):
                     path = save_expert(pool, m["weights"], output_dir / "pareto_front" / f"member_{k}")
                     data["front"][k]["path"] = str(path)
             _atomic_json(output_dir / "pareto_front.json", data)
-        return Scorer(score, f"multitask[{split}]", finalize=finalize)
+        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
+            """Each task's own ensemble (its way of combining predictions), then the tasks combined."""
+            per_task, used = [], []
+            for n, s in zip(names, scorers):
+                if not callable(getattr(s, "ensemble", None)):
+                    raise ValueError(f"tasks.{n}: its utility gives no per-example predictions to ensemble")
+                value, way = s.ensemble(members, how)
+                per_task.append(value)
+                used.append(f"{n}={way}")
+            combined = self.combine_scores(torch.tensor([per_task], dtype=torch.float64))
+            return float(combined[0]), ", ".join(used)
+        return Scorer(score, f"multitask[{split}]", finalize=finalize, ensemble=ensemble)
 
 
 def _atomic_json(path: Path, data: dict) -> None:

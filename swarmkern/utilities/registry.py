@@ -133,4 +133,11 @@ class PythonUtility(UtilityConfig):
         kwargs = dict(self.kwargs if split == "dev" or self.test_kwargs is None else self.test_kwargs)
         if self._takes_split():
             kwargs["split"] = split
-        return lambda particles: fn(particles, **kwargs)
+        def score(particles):
+            return fn(particles, **kwargs)
+        # a callable object may also give per-example predictions for the ensemble baseline
+        # (merge/ensemble.py: `ensemble`, or `predict` + `score_predictions`); forwarded as they are
+        for attr in ("ensemble", "predict", "score_predictions"):
+            if callable(getattr(fn, attr, None)):
+                setattr(score, attr, getattr(fn, attr))
+        return score

@@ -4,7 +4,7 @@ answer "Rating: k/10"). Responses are greedy generations of each particle for {"
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from swarmkern.data import PromptExample, load_jsonl
 
 from .common import ModelUtility, Scorer, plain_evaluator
+from .ensemble import consensus_responses
 from .registry import register_utility
 
 __all__ = ["RewardModel", "LLMJudge", "parse_rating"]
@@ -91,8 +92,7 @@ class RewardModel(_ResponseUtility):
         rewards = self._reward_fn()
         state = self._state
 
-        def score(particles: torch.Tensor) -> torch.Tensor:
-            responses = generate(particles)
+        def score_responses(responses: list[list[str]]) -> torch.Tensor:
             texts = [self.reward_template.format(prompt=ex.prompt, response=r)
                      for row in responses for ex, r in zip(examples, row)]
             raw = rewards(texts).view(len(responses), len(examples))
@@ -115,7 +115,8 @@ class RewardModel(_ResponseUtility):
                 frac = (n_tok / self.max_new_tokens).clamp(0, 1).mean(1)
                 total = total + self.length_weight * (frac if self.length_preference == "verbose" else 1 - frac)
             return total
-        return Scorer(score, f"reward_model[{split}]")
+        return Scorer(lambda particles: score_responses(generate(particles)), f"reward_model[{split}]",
+                      ensemble=_consensus_ensemble(generate, score_responses))
 
 
 DEFAULT_JUDGE_TEMPLATE = ("Rate the response to the instruction on a scale of 1 to 10 and answer as "
@@ -163,8 +164,7 @@ class LLMJudge(_ResponseUtility):
         examples, _, generate = self._responses(pool, split)
         judge = plain_evaluator(self.judge, tokenizer=self.judge_tokenizer, dtype=self.dtype, device=self.device)
 
-        def score(particles: torch.Tensor) -> torch.Tensor:
-            responses = generate(particles)
+        def score_responses(responses: list[list[str]]) -> torch.Tensor:
             texts = [self.judge_template.format(prompt=ex.prompt, response=r)
                      for row in responses for ex, r in zip(examples, row)]
             ids = [x[-self.judge_max_length:] for x in judge.tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -173,4 +173,14 @@ class LLMJudge(_ResponseUtility):
             ratings = torch.tensor([parse_rating(v, self.rating_pattern, self.min_rating, self.max_rating)
                                     for v in verdicts], dtype=torch.float64)
             return ratings.view(len(responses), len(examples)).mean(1)
-        return Scorer(score, f"llm_judge[{split}]")
+        return Scorer(lambda particles: score_responses(generate(particles)), f"llm_judge[{split}]",
+                      ensemble=_consensus_ensemble(generate, score_responses))
+
+
+def _consensus_ensemble(generate: Callable[[torch.Tensor], list[list[str]]],
+                        score_responses: Callable[[list[list[str]]], torch.Tensor]):
+    """The ensemble of a response utility: each member answers every prompt, the consensus response is
+    kept per prompt (utilities/ensemble.py), and those responses are scored like one particle's."""
+    def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
+        return float(score_responses([consensus_responses(generate(members))])[0]), "consensus"
+    return ensemble
