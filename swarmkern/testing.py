@@ -62,11 +62,14 @@ def tiny_llama_config(vocab_size: int, *, hidden_size: int = 32, num_layers: int
 def _init_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     """Deterministic, fairly large random weights so that particles give visibly different outputs."""
     gen = torch.Generator().manual_seed(seed)
+    # norm scales by module type too: GPT-2 / Falcon name theirs ln_1, ln_f (zeros would silence the model)
+    norm_scales = {id(m.weight) for m in model.modules()
+                   if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.Tensor)}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif "norm" in name:
+            elif "norm" in name or id(p) in norm_scales:
                 p.fill_(1.0)
             else:
                 p.zero_()

@@ -218,7 +218,7 @@ def _pool(setup):
 @pytest.mark.parametrize("field,value,match", [
     ("use_dora", True, "DoRA"),
     ("modules_to_save", ["lm_head"], "modules_to_save"),
-    ("fan_in_fan_out", True, "fan_in_fan_out"),
+    ("target_parameters", ["mlp.experts.down_proj"], "target_parameters"),
     ("bias", "all", "biases"),
     ("peft_type", "IA3", "LORA only"),
 ])

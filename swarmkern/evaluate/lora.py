@@ -9,10 +9,11 @@ no copy of any particle's weights) and batches are particle-major, so [Pb*n, T, 
 [Pb, n*T, in] and two batched matmuls do every particle at once. With no rows bound a wrapped layer
 is the plain base layer, so the model stays usable as itself (e.g. as a judge).
 
-What PEFT features are supported: lora_alpha / r scaling, rslora (alpha / sqrt(r)), rank_pattern /
-alpha_pattern, layers_to_transform (through the adapter's own tensor names). Rejected with a clear
-error: DoRA, bias training, modules_to_save, fan_in_fan_out (Conv1D), non-Linear targets (embeddings,
-convolutions), target_parameters, layer_replication, aLoRA, trainable tokens.
+What PEFT features are supported: nn.Linear and transformers Conv1D (GPT-2 style, fan_in_fan_out)
+targets, lora_alpha / r scaling, rslora (alpha / sqrt(r)), rank_pattern / alpha_pattern,
+layers_to_transform (through the adapter's own tensor names). Rejected with a clear error: DoRA, bias
+training, modules_to_save, other targets (embeddings, convolutions), target_parameters,
+layer_replication, aLoRA, trainable tokens.
 """
 from __future__ import annotations
 
@@ -63,7 +64,6 @@ def _check_config(cfg: dict[str, Any]) -> None:
         ("bias", cfg.get("bias", "none") not in (None, "none"), "trained biases"),
         ("lora_bias", bool(cfg.get("lora_bias")), "LoRA biases"),
         ("modules_to_save", bool(cfg.get("modules_to_save")), "fully trained modules (modules_to_save)"),
-        ("fan_in_fan_out", bool(cfg.get("fan_in_fan_out")), "fan_in_fan_out (Conv1D layers)"),
         ("target_parameters", bool(cfg.get("target_parameters")), "adapted nn.Parameters (target_parameters)"),
         ("layer_replication", bool(cfg.get("layer_replication")), "layer_replication"),
         ("alora_invocation_tokens", bool(cfg.get("alora_invocation_tokens")), "activated LoRA (aLoRA)"),
@@ -105,15 +105,16 @@ def lora_targets(layout, adapter_config: dict[str, Any], model: nn.Module) -> li
                                      f"model ({type(model).__name__}); is the adapter for another base model?")
         if isinstance(module, BatchedLoraLinear):
             module = module.base
-        if not isinstance(module, nn.Linear):
+        features = _linear_features(module)
+        if features is None:
             raise UnsupportedAdapter(f"adapter target module {path!r} is a {type(module).__name__}; only nn.Linear "
-                                     "targets are supported")
+                                     "and transformers Conv1D (GPT-2 style) targets are supported")
         a_shape = layout.index[ab["A"]].shape
         b_shape = layout.index[ab["B"]].shape
         r = a_shape[0]
-        if a_shape != (r, module.in_features) or b_shape != (module.out_features, r):
+        if a_shape != (r, features[0]) or b_shape != (features[1], r):
             raise UnsupportedAdapter(f"adapter module {path!r}: lora_A {list(a_shape)} / lora_B {list(b_shape)} do "
-                                     f"not fit a Linear({module.in_features}, {module.out_features})")
+                                     f"not fit a {type(module).__name__}({features[0]} -> {features[1]})")
         rank = rank_pattern.get(_pattern_key(rank_pattern, path), r_default)
         alpha = alpha_pattern.get(_pattern_key(alpha_pattern, path), alpha_default)
         if rank != r:
@@ -123,6 +124,21 @@ def lora_targets(layout, adapter_config: dict[str, Any], model: nn.Module) -> li
     if not targets:
         raise UnsupportedAdapter("adapter has no lora_A/lora_B tensors")
     return targets
+
+
+def _linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a layer computing h @ W^T + b: nn.Linear, or transformers' Conv1D (GPT-2),
+    which stores W transposed. Its LoRA factors have the same [r, in] / [out, r] shapes and the same
+    forward (PEFT's fan_in_fan_out only changes how W itself is merged), so both are served alike."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency of the evaluator
+        return None
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
 
 
 class _Binding:
