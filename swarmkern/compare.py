@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from swarmkern.config import ConfigError, RunConfig, _resolve_paths, read_config_mapping, validate_run_config
+from swarmkern.config import ConfigError, RunConfig, resolve_config_paths, read_config_mapping, validate_run_config
 
 __all__ = ["CompareSection", "CompareConfig", "DEFAULT_METHODS", "load_compare_config", "run_compare",
            "format_table"]
@@ -93,7 +93,7 @@ def load_compare_config(path: str | Path, overrides: Sequence[str] = (), **optio
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: compare: expected a mapping")
     base = path.parent.absolute()
-    _resolve_paths(data, base)
+    resolve_config_paths(data, base)
     _resolve_compare_paths(section, base)
     run = validate_run_config(data, str(path))
     try:

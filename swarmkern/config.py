@@ -96,7 +96,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
     """Make relative paths absolute against the config file's directory."""
     experts = data.get("experts")
     if isinstance(experts, dict):
@@ -182,7 +182,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: 
     options: `output_dir`, `seed`, `max_iters`, ... set their fields (None = keep the file's)."""
     path = Path(path)
     data = read_config_mapping(path, overrides, **options)
-    _resolve_paths(data, path.parent.absolute())
+    resolve_config_paths(data, path.parent.absolute())
     return validate_run_config(data, str(path))
 
 
