@@ -12,9 +12,12 @@ pytest.importorskip("tokenizers")
 
 import transformers as tf  # noqa: E402
 
+from peft import PeftModel  # noqa: E402
+
+from swarmkern.evaluate import encode_requests  # noqa: E402
 from swarmkern.testing import _init_weights, char_tokenizer, write_lora_experts  # noqa: E402
 
-from test_evaluate import check_against_peft  # noqa: E402  (tests/ is on sys.path)
+from test_evaluate import check_against_peft, fresh_model, peft_logits  # noqa: E402  (tests/ is on sys.path)
 
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 GQA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
@@ -54,3 +57,32 @@ def test_matches_peft_on_other_model_families(tmp_path, family):
         # the particles differ from each other and from the base model: the comparison can fail
         got = ev.logits(rows, seqs[:1])[0]
         assert not torch.allclose(got[0], got[1]) and not torch.allclose(got[0], ev.logits(None, seqs[:1])[0][0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "phi3", "gpt_neox"])
+def test_scoring_and_generation_match_peft_on_other_families(tmp_path, family):
+    """Choices scored from a shared context's KV cache, and greedy generation (left padding, absolute
+    or rotary positions), equal PEFT's per particle."""
+    config_cls, kwargs, model_cls, targets = FAMILIES[family]
+    tok = char_tokenizer(tmp_path / "model")
+    model = model_cls(config_cls(vocab_size=len(tok), **kwargs))
+    _init_weights(model, seed=1)
+    model.save_pretrained(str(tmp_path / "model"))
+    dirs = write_lora_experts(tmp_path / "model", tmp_path / "experts", k=2, target_modules=targets,
+                              layers_to_transform=[1, 2], std=0.1)
+    ev, rows, _ = check_against_peft(tmp_path / "model", dirs)
+    req = encode_requests(tok, ["Q: 3+4?\nA:"] * 2 + ["Hi"] * 2, [" 7", " seven", " there", "!"])
+    ll = ev.loglikelihood(rows, req, micro_batch=3)
+    prompts = [tok(t)["input_ids"] for t in ["Hi", "What is 3+4?", "abc def ghi"]]
+    texts = ev.generate(rows, prompts, max_new_tokens=6, micro_batch=4)
+    assert sum(len(t) for row in texts for t in row) >= 6 * len(prompts)  # real text, not empty strings
+    for k, d in enumerate(dirs):
+        ref = peft_logits(tmp_path / "model", d, req.ids)
+        sums = torch.tensor([lg.log_softmax(-1)[len(s) - n - 1:len(s) - 1].gather(1, torch.tensor(s[len(s) - n:])[:, None]).sum()
+                             for lg, s, n in zip(ref, req.ids, req.n_cont)], dtype=torch.float64)
+        torch.testing.assert_close(ll[k], sums, rtol=1e-5, atol=1e-5)
+        pm = PeftModel.from_pretrained(fresh_model(tmp_path / "model"), str(d)).eval()
+        for e, p in enumerate(prompts):
+            out = pm.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                              max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert texts[k][e] == tok.decode(out[0, len(p):], skip_special_tokens=True), (k, e)
