@@ -7,8 +7,8 @@ headers (safetensors) and adapter_config.json, checks that the experts are compa
 are streamed one tensor at a time when a buffer is filled (`fill_rows`), so loading never holds more
 than the destination buffer plus one tensor of each expert.
 
-Sources: PEFT adapter directories (adapter_config.json + adapter_model.safetensors), .safetensors
-files, directories of .safetensors shards (full models), in-memory state dicts, or a [K, D] tensor.
+Sources: PEFT adapter directories (adapter_config.json + adapter_model.safetensors, or the
+adapter_model.bin of older PEFT versions, memory-mapped), .safetensors files, directories of .safetensors shards (full models), in-memory state dicts, or a [K, D] tensor.
 `save_expert(pool, row, path)` writes a row back in the pool's own format.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ PEFT_STRUCTURAL_KEYS = ("peft_type", "base_model_name_or_path", "r", "lora_alpha
                         "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "fan_in_fan_out",
                         "layers_to_transform", "layers_pattern", "modules_to_save", "bias")
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_ADAPTER_BIN = "adapter_model.bin"  # PEFT < 0.6 saved PyTorch pickles by default
 _ADAPTER_CONFIG = "adapter_config.json"
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -226,20 +227,40 @@ def _specs_from_file(path: Path) -> list[tuple[str, tuple[int, ...], torch.dtype
     return specs
 
 
+def _state_from_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch weights file (torch.save of a state dict), memory-mapped so its numbers are read from
+    disk only when a buffer is filled; weights_only refuses pickles that would run code."""
+    try:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # the pre-1.6 (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; all mean "unreadable"
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                 for k, t in state.items()):
+        raise ValueError(f"{path}: expected a state dict (tensor name -> tensor)")
+    return dict(state)
+
+
 def _source_from_path(path: Path) -> tuple[str, ExpertSource]:
     """(kind, source) for a PEFT adapter dir, a .safetensors file or a dir of .safetensors shards."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such expert file or directory")
     if path.is_dir() and (path / _ADAPTER_CONFIG).is_file():
         weights = path / _ADAPTER_WEIGHTS
-        if not weights.is_file():
-            other = "adapter_model.bin" if (path / "adapter_model.bin").exists() else "no weights file"
-            raise ValueError(f"{path}: PEFT adapter without {_ADAPTER_WEIGHTS} (found {other}); "
-                             "re-save it with save_pretrained(safe_serialization=True)")
+        if not weights.is_file() and not (path / _ADAPTER_BIN).is_file():
+            raise ValueError(f"{path}: PEFT adapter without weights ({_ADAPTER_WEIGHTS} or {_ADAPTER_BIN})")
         try:
             config = json.loads((path / _ADAPTER_CONFIG).read_text())
         except ValueError as err:
             raise ValueError(f"{path / _ADAPTER_CONFIG}: invalid JSON ({err})") from None
+        if not weights.is_file():
+            state = _state_from_bin(path / _ADAPTER_BIN)
+            specs = [(k, tuple(t.shape), t.dtype) for k, t in state.items()]
+            return "peft", ExpertSource(path.name, path, {}, state, specs, config)
         specs = _specs_from_file(weights)
         return "peft", ExpertSource(path.name, path, {s[0]: weights for s in specs}, None, specs, config)
     if path.is_file():

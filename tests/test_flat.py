@@ -240,3 +240,37 @@ def test_peft_roundtrip_with_tiny_llama(tmp_path):
     loaded = dict(model.named_parameters())[name.replace("lora_A.weight", "lora_A.default.weight")
                                             .replace("lora_B.weight", "lora_B.default.weight")]
     assert torch.equal(loaded.detach(), pool.layout.view(res.best, name))
+
+
+def test_older_peft_adapter_model_bin(tmp_path):
+    """Adapters saved by older PEFT (adapter_model.bin, a PyTorch pickle) load like safetensors ones,
+    memory-mapped; a mixed pool is fine; unreadable or code-carrying pickles are refused by name."""
+    st = [_fake_adapter(tmp_path / f"st{i}", i) for i in range(2)]
+    bins = []
+    for i, src in enumerate(st):
+        dst = tmp_path / f"bin{i}"
+        dst.mkdir()
+        (dst / "adapter_config.json").write_text((src / "adapter_config.json").read_text())
+        torch.save(load_file(str(src / "adapter_model.safetensors")), dst / "adapter_model.bin")
+        bins.append(dst)
+    ref = load_experts(st)
+    for srcs in (bins, [st[0], bins[1]]):
+        pool = load_experts(srcs)
+        assert pool.kind == "peft" and pool.layout == ref.layout
+        assert torch.equal(pool.weights, ref.weights)
+    # the exported best is a safetensors adapter again
+    out = save_expert(load_experts(bins), load_experts(bins).expert(1), tmp_path / "best")
+    assert torch.equal(load_experts([out]).weights[0], ref.weights[1])
+    (bins[0] / "adapter_model.bin").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match=r"bin0/adapter_model.bin: not a readable PyTorch weights file"):
+        load_experts(bins)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"m.q_proj.lora_A.weight": Evil()}, bins[0] / "adapter_model.bin")
+    with pytest.raises(ValueError, match="not a readable PyTorch weights file"):
+        load_experts(bins)
+    torch.save([torch.zeros(2)], bins[0] / "adapter_model.bin")
+    with pytest.raises(ValueError, match="expected a state dict"):
+        load_experts(bins)
