@@ -62,21 +62,10 @@ pytest.importorskip("peft")
 pytest.importorskip("tokenizers")
 
 from swarmkern.data import MultipleChoiceExample, PromptExample, load_jsonl  # noqa: E402
-from swarmkern.flat import load_experts  # noqa: E402
 from swarmkern.merge import MergeContext, parse_method_config, segments_of, whole  # noqa: E402
-from swarmkern.testing import cached_tiny_setup  # noqa: E402
 from swarmkern.utilities import build_utility  # noqa: E402
 from swarmkern.utilities.common import normalize_text, particle_evaluator  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return cached_tiny_setup()
-
-
-@pytest.fixture(scope="module")
-def pool(setup):
-    return load_experts(setup.expert_dirs)
+from test_utilities import pool, setup  # noqa: E402,F401  (the tiny model and experts fixtures)
 
 
 def _specs(setup) -> dict[str, dict]:
