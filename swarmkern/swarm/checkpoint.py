@@ -16,64 +16,15 @@ iteration and reads only the rows `c` owns now, from whichever shards hold them 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from swarmkern.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+
 CHECKPOINT_DIR = "checkpoint"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors straight to a temporary file (no in-memory copy of the buffers), fsync, rename."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any, indent: int | None = None) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=indent).encode())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.Tensor],
@@ -85,10 +36,10 @@ def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.T
     cpu = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
     atomic_save_safetensors(ckdir / f"{stem}.safetensors", cpu)
     atomic_write_json(ckdir / f"{stem}.json", state)
-    _fsync_dir(ckdir)
+    fsync_dir(ckdir)
     atomic_write_json(ckdir / f"latest-rank{rank}.json",
                       {"iteration": iteration, "tensors": f"{stem}.safetensors", "state": f"{stem}.json"})
-    _fsync_dir(ckdir)
+    fsync_dir(ckdir)
     world_size = int(state.get("world_size", 1))
     floor = iteration
     if world_size > 1:  # keep this rank's previous checkpoint: the others may not have finished this one
