@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from swarmkern.atomic import atomic_path, atomic_save_safetensors, atomic_write_bytes
+from swarmkern.configfile import first_error
 from swarmkern.config import ConfigError, RunConfig, resolve_config_paths, read_config_mapping, validate_run_config
 
 __all__ = ["CompareSection", "CompareConfig", "DEFAULT_METHODS", "load_compare_config", "run_compare",
@@ -74,39 +76,20 @@ class CompareConfig(BaseModel):
     compare: CompareSection
 
 
-def _resolve_compare_paths(section: dict, base: Path) -> None:
-    """Relative file paths in method options (e.g. an ensemble's dev/test files) -> absolute."""
-    for m in section.get("methods") or []:
-        if isinstance(m, dict):
-            for key in ("dev", "test", "model"):
-                v = m.get(key)
-                if isinstance(v, str) and not os.path.isabs(os.path.expanduser(v)):
-                    m[key] = str(base / v)
-
-
 def load_compare_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> CompareConfig:
     """Read, override ("compare.budget=50", "swarm.max_iters=5") and validate a compare config;
     options: output_dir, seed, max_iters, ... as for `swarmkern search`."""
     path = Path(path)
     data = read_config_mapping(path, overrides, "experts, swarm, utility, output, compare", **options)
+    resolve_config_paths(data, path.parent.absolute())
     section = data.pop("compare", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: compare: expected a mapping")
-    base = path.parent.absolute()
-    resolve_config_paths(data, base)
-    _resolve_compare_paths(section, base)
     run = validate_run_config(data, str(path))
     try:
         compare = CompareSection.model_validate(section)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        if msg.startswith("compare."):  # the method registry already names the field
-            raise ConfigError(f"{path}: {msg}") from None
-        raise ConfigError(f"{path}: compare.{loc}: {msg}") from None
+        raise ConfigError(f"{path}: {first_error(err, 'compare', friendly=True)}") from None
     return CompareConfig(run=run, compare=compare)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from swarmkern.configfile import first_error, resolve_path_fields
 from swarmkern.swarm.config import SwarmConfig
 
 RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved in the output dir (read by resume)
@@ -96,24 +97,35 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
-    """Make relative paths absolute against the config file's directory."""
-    experts = data.get("experts")
-    if isinstance(experts, dict):
-        if isinstance(experts.get("paths"), list):
-            experts["paths"] = [str(base / p) if isinstance(p, str) and not os.path.isabs(os.path.expanduser(p))
-                                else os.path.expanduser(p) if isinstance(p, str) else p for p in experts["paths"]]
-        g = experts.get("glob")
-        if isinstance(g, str) and not os.path.isabs(os.path.expanduser(g)):
-            experts["glob"] = str(base / g)
-    if isinstance(data.get("utility"), dict):
-        from swarmkern.utilities.common import resolve_utility_paths  # light: no transformers import
+# Fields holding file or directory paths, per section of a config file (resolved against its directory).
+UTILITY_PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge",
+                       "judge_tokenizer")
+METHOD_PATH_FIELDS = ("dev", "test", "model")  # options of compare methods (e.g. an ensemble's files)
 
+
+def resolve_utility_paths(spec: Any, base: str | Path) -> Any:
+    """A copy of a utility spec with its path fields made absolute against `base`; multitask specs
+    are resolved task by task. Other fields (and non-mappings) are untouched."""
+    if not isinstance(spec, dict):
+        return spec
+    out = resolve_path_fields(spec, UTILITY_PATH_FIELDS, base)
+    if isinstance(out.get("tasks"), dict):
+        out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
+    return out
+
+
+def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a config file (run, compare) absolute against its directory `base`,
+    in place: experts.paths / glob, utility files (every task's), output.dir, compare.methods options."""
+    for section, fields in (("experts", ("paths", "glob")), ("output", ("dir",))):
+        if isinstance(data.get(section), dict):
+            data[section] = resolve_path_fields(data[section], fields, base)
+    if isinstance(data.get("utility"), dict):
         data["utility"] = resolve_utility_paths(data["utility"], base)
-    output = data.get("output")
-    if isinstance(output, dict) and isinstance(output.get("dir"), str):
-        d = os.path.expanduser(output["dir"])
-        output["dir"] = d if os.path.isabs(d) else str(base / d)
+    compare = data.get("compare")
+    if isinstance(compare, dict) and isinstance(compare.get("methods"), list):
+        compare["methods"] = [resolve_path_fields(m, METHOD_PATH_FIELDS, base) if isinstance(m, dict) else m
+                              for m in compare["methods"]]
 
 
 def validate_run_config(data: Any, where: str = "config") -> RunConfig:
@@ -123,21 +135,7 @@ def validate_run_config(data: Any, where: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif first["type"] == "missing":
-            msg = "missing required field"
-        elif first["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-            if loc == "utility":  # the registry's message already names the field
-                raise ConfigError(f"{where}: {msg}") from None
-        given = first.get("input")
-        extra = f" (got {given!r})" if first["type"] not in ("extra_forbidden", "missing") and \
-            not isinstance(given, (dict, list)) and loc != "utility" else ""
-        raise ConfigError(f"{where}: {loc or 'config'}: {msg}{extra}") from None
+        raise ConfigError(f"{where}: {first_error(err, friendly=True, show_input=True)}") from None
     except ValueError as err:  # raised by a nested validator outside pydantic's error list
         raise ConfigError(f"{where}: {err}") from None
 

@@ -11,8 +11,8 @@ pytest.importorskip("tokenizers")
 
 from swarmkern.flat import load_experts  # noqa: E402
 from swarmkern.utilities import build_utility, parse_utility_config  # noqa: E402
-from swarmkern.utilities.common import (harmonic_mean, normalize_text, particle_evaluator,  # noqa: E402
-                                        resolve_utility_paths)
+from swarmkern.config import resolve_utility_paths  # noqa: E402
+from swarmkern.utilities.common import harmonic_mean, normalize_text, particle_evaluator  # noqa: E402
 from swarmkern.utilities.dataset import parse_choice_letter  # noqa: E402
 from swarmkern.utilities.multitask import ParetoFront  # noqa: E402
 from swarmkern.utilities.reward import parse_rating  # noqa: E402
