@@ -10,12 +10,12 @@ copy of the same run. Before timing, each Triton op is checked bit for bit again
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
 
+from swarmkern.atomic import atomic_write_json
 from swarmkern.ops import reference as ref
 from swarmkern.ops import triton_backend as tb
 
@@ -79,10 +79,7 @@ def _table():
     if out:
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=tb.REASON,
                     command="python -m pytest benchmarks/bench_triton.py -q -s")
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(meta=meta, results=_RESULTS), f, indent=1)
-        os.replace(tmp, out)
+        atomic_write_json(out, dict(meta=meta, results=_RESULTS), indent=1)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

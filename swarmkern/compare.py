@@ -126,7 +126,6 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
     results {method: {"dev", "test", "evaluations", "seconds", "info" | "error"}}."""
     from swarmkern.flat import load_experts, save_expert
     from swarmkern.merge import MergeContext, parse_method_config, segments_of
-    from swarmkern.swarm.checkpoint import atomic_write_bytes
     from swarmkern.utilities import build_utility
 
     run, cmp_ = cfg.run, cfg.compare
@@ -263,7 +262,8 @@ def plot_compare(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("Model Swarms vs composition baselines")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

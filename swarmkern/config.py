@@ -188,7 +188,7 @@ def save_run_config(config: RunConfig, output_dir: Path) -> Path:
     """The resolved config as YAML in the output dir (what `resume` reads)."""
     import yaml
 
-    from swarmkern.swarm.checkpoint import atomic_write_bytes
+    from swarmkern.atomic import atomic_write_bytes
 
     path = Path(output_dir) / RUN_CONFIG_NAME
     atomic_write_bytes(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())

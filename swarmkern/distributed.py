@@ -369,7 +369,7 @@ def launch_search(config: Any, *, resume_if_exists: bool = False) -> Any:
     the run's own (output.overwrite and swarm.progress aside).
     """
     from swarmkern.config import resume_search, run_search
-    from swarmkern.swarm.checkpoint import atomic_write_json
+    from swarmkern.atomic import atomic_write_json
 
     env = launch_env()
     _check_device(config, env)

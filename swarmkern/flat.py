@@ -25,6 +25,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from swarmkern.atomic import atomic_save_safetensors, atomic_write_json, fsync_dir
+
 __all__ = ["TensorSpec", "FlatLayout", "ExpertPool", "ExpertSource", "load_experts", "save_expert",
            "IncompatibleExperts", "PEFT_STRUCTURAL_KEYS"]
 
@@ -491,8 +493,6 @@ def save_expert(pool: ExpertPool, row: torch.Tensor, path: str | os.PathLike,
     PEFT pools -> an adapter directory (adapter_config.json + adapter_model.safetensors) that
     `PeftModel.from_pretrained(base, path)` loads; other pools -> a .safetensors file (".safetensors"
     is appended to `path` when missing). Each tensor is cast back to its original dtype."""
-    from safetensors.torch import save_file
-
     state = pool.layout.state_dict(row.detach().to("cpu"))
     meta = {"format": "pt", **(metadata or {})}
     path = Path(path)
@@ -500,24 +500,19 @@ def save_expert(pool: ExpertPool, row: torch.Tensor, path: str | os.PathLike,
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata=meta)
-            (tmp / _ADAPTER_CONFIG).write_text(json.dumps(pool.adapter_config, indent=2))
+            # the files are fsync'ed in the temporary directory, which then replaces `path` as a whole
+            atomic_save_safetensors(tmp / _ADAPTER_WEIGHTS, state, metadata=meta)
+            atomic_write_json(tmp / _ADAPTER_CONFIG, pool.adapter_config, indent=2)
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        fsync_dir(path.parent)
         return path
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp_name, metadata=meta)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_save_safetensors(path, state, metadata=meta)
     return path
 
 

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from swarmkern.atomic import atomic_write_text
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHARS = string.printable[:-2]  # printable ASCII plus "\t\n" (drops \r \x0b \x0c)
 
@@ -172,9 +174,7 @@ def write_lora_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 

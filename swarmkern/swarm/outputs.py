@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from swarmkern.atomic import atomic_write_bytes, atomic_write_json
 
 HISTORY = "history.jsonl"
 SUMMARY = "summary.json"

@@ -4,14 +4,13 @@ mean, or min). Every dev evaluation is remembered by its per-task scores, and at
 (and, with save_front, each front member's weights as an expert in pareto_front/)."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, PrivateAttr, model_validator
+
+from swarmkern.atomic import atomic_write_json
 
 from .common import Scorer, harmonic_mean
 from .registry import UtilityConfig, parse_utility_config, register_utility
@@ -128,7 +127,7 @@ class MultiTask(UtilityConfig):
                 for k, m in enumerate(sorted(front.members, key=lambda m: -m["combined"])):
                     path = save_expert(pool, m["weights"], output_dir / "pareto_front" / f"member_{k}")
                     data["front"][k]["path"] = str(path)
-            _atomic_json(output_dir / "pareto_front.json", data)
+            atomic_write_json(output_dir / "pareto_front.json", data, indent=2)
         def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
             """Each task's own ensemble (its way of combining predictions), then the tasks combined."""
             per_task, used = [], []
@@ -141,14 +140,3 @@ class MultiTask(UtilityConfig):
             combined = self.combine_scores(torch.tensor([per_task], dtype=torch.float64))
             return float(combined[0]), ", ".join(used)
         return Scorer(score, f"multitask[{split}]", finalize=finalize, ensemble=ensemble)
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
