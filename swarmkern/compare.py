@@ -194,28 +194,18 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
     return results
 
 
-def lora_scaling(adapter_config: dict | None) -> float:
-    """PEFT's LoRA scaling lora_alpha / r (/ sqrt(r) with rsLoRA); per-module patterns are refused."""
-    cfg = adapter_config or {}
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError("save_delta: adapters with rank_pattern / alpha_pattern are not supported")
-    if "r" not in cfg or "lora_alpha" not in cfg:
-        raise ValueError("save_delta: needs LoRA experts with r and lora_alpha in adapter_config.json")
-    r = float(cfg["r"])
-    return float(cfg["lora_alpha"]) / (r ** 0.5 if cfg.get("use_rslora") else r)
-
-
 def _save_delta(deltas: dict[str, torch.Tensor], pool, path: Path) -> Path:
-    """{module.weight: ΔW} times the LoRA scaling -> a .safetensors file (atomic): add each to the base
-    model's weight of the same name to apply the merge without LoRA."""
-    from safetensors.torch import save_file
+    """{module.weight: ΔW} times each module's LoRA scale -> a .safetensors file (atomic): add each to the
+    base model's weight of the same name to apply the merge without LoRA."""
+    from swarmkern.evaluate.lora import lora_scale
 
-    scale = lora_scaling(pool.adapter_config)
+    if pool.kind != "peft":
+        raise ValueError("save_delta: needs LoRA experts (PEFT adapter directories)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: (v * scale).contiguous() for k, v in deltas.items()}, str(tmp),
-              metadata={"format": "pt", "content": "merged LoRA weight deltas (scaling applied)"})
-    os.replace(tmp, path)
+    scaled = {k: (v * lora_scale(pool.adapter_config, k.removesuffix(".weight"))).contiguous()
+              for k, v in deltas.items()}
+    atomic_save_safetensors(path, scaled,
+                            metadata={"format": "pt", "content": "merged LoRA weight deltas (scaling applied)"})
     return path
 
 
