@@ -3,11 +3,12 @@
     experts:  {paths: [...] | glob: "...", names: [...]}     which experts start the swarm
     swarm:    SwarmConfig fields                              the search's hyperparameters
     utility:  {type: ..., ...}                                the objective (swarmkern.utilities registry)
-    output:   {dir: ..., overwrite: false, plot: true}        where results go
+    output:   {dir: ..., overwrite: false}                     where results go
 
 Relative paths are relative to the YAML file. Unknown or ill-typed fields raise ConfigError with a
 one-line message naming the file and the field. `overrides` ("swarm.max_iters=5") replace fields
-before validation, so they are checked the same way.
+before validation, so they are checked the same way. This module only reads, resolves and validates;
+running and resuming a search is swarmkern/runner.py.
 """
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from swarmkern.configfile import first_error, resolve_path_fields
 from swarmkern.swarm.config import SwarmConfig
-
-RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved in the output dir (read by resume)
-
 
 class ConfigError(ValueError):
     """A bad run config; the message is one line naming the file and field."""
@@ -182,60 +180,3 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: 
     data = read_config_mapping(path, overrides, **options)
     resolve_config_paths(data, path.parent.absolute())
     return validate_run_config(data, str(path))
-
-
-def save_run_config(config: RunConfig, output_dir: Path) -> Path:
-    """The resolved config as YAML in the output dir (what `resume` reads)."""
-    import yaml
-
-    from swarmkern.atomic import atomic_write_bytes
-
-    path = Path(output_dir) / RUN_CONFIG_NAME
-    atomic_write_bytes(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
-    return path
-
-
-def run_search(config: RunConfig, *, collective=None):
-    """Load the experts, build the utility, run the search, let the utility write its own outputs.
-    Returns the SwarmResult."""
-    from swarmkern.flat import load_experts
-    from swarmkern.swarm import Swarm
-    from swarmkern.utilities import build_utility
-
-    pool = load_experts(config.expert_sources(), names=config.experts.names)
-    built = build_utility(config.utility, pool)
-    out = Path(config.output.dir)
-    swarm = Swarm(config.swarm, pool, built.dev, test_utility=built.test, output_dir=out,
-                  collective=collective, overwrite=config.output.overwrite)
-    if swarm.collective.rank == 0:
-        save_run_config(config, out)
-    result = swarm.run()
-    if swarm.collective.rank == 0:
-        built.finalize(out)
-    return result
-
-
-def resume_search(output_dir: str | Path, *, collective=None):
-    """Continue the run in `output_dir` from its latest checkpoint (same config, same utility)."""
-    from swarmkern.flat import ExpertPool, load_experts
-    from swarmkern.swarm import Swarm
-    from swarmkern.swarm.search import EXPERTS_JSON
-    from swarmkern.utilities import build_utility
-
-    import json
-
-    output_dir = Path(output_dir)
-    cfg_path = output_dir / RUN_CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ConfigError(f"{output_dir}: no {RUN_CONFIG_NAME}; is this a swarmkern search output directory?")
-    config = load_run_config(cfg_path)
-    try:
-        pool = load_experts(config.expert_sources(), names=config.experts.names)
-    except (OSError, ValueError):  # experts moved: their description is enough to export
-        pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
-    built = build_utility(config.utility, pool)
-    swarm = Swarm.resume(output_dir, built.dev, built.test, collective=collective, pool=pool)
-    result = swarm.run()
-    if swarm.collective.rank == 0:
-        built.finalize(output_dir)
-    return result
