@@ -21,7 +21,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -349,13 +349,6 @@ class ExpertPool:
         coef[0, k] = 1.0
         self.fill_rows(out, coef)
         return out[0]
-
-    def iter_tensors(self, name: str) -> Iterator[torch.Tensor]:
-        """Tensor `name` of each expert in turn (read lazily from disk)."""
-        with ExitStack() as stack:
-            handles: dict[Path, Any] = {}
-            for src in self._sources:
-                yield self._read(src, name, handles, stack)
 
     def fill_rows(self, out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """out[m] = sum_k coef[m, k] * expert_k for every row m (out [M, D], coef [M, K]); see fill."""

@@ -145,11 +145,6 @@ def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str 
     return _EVALUATORS[key]
 
 
-def clear_evaluators() -> None:
-    """Forget cached evaluators (tests)."""
-    _EVALUATORS.clear()
-
-
 # -- answer normalisation (exact match) ---------------------------------------------------------
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
