@@ -4,7 +4,7 @@
     SWARMKERN_BENCH_OUT=benchmarks/results/triton_h200.json python -m pytest benchmarks/bench_triton.py -q -s
 
 Skipped without CUDA (and under TRITON_INTERPRET=1). Achieved GB/s = modelled bytes / median time, the
-modelled bytes (the least each op must move): per step P*D*(2*s_x + 2*s_v + s_p) + D*(s_g + s_w);
+modelled bytes of docs/KERNELS.md: per step P*D*(2*s_x + 2*s_v + s_p) + D*(s_g + s_w);
 combine K*D*s_src + M*D*s_out; a copy of B bytes moves 2*B. "% of copy" is against the device-to-device
 copy of the same run. Before timing, each Triton op is checked bit for bit against the reference.
 """

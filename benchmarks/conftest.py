@@ -114,7 +114,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                                           "SWARMKERN_BENCH_ROUNDS") if k in os.environ)
         text = (f"# Kernel benchmarks (CPU)\n\nCommand: `{(env + ' ') if env else ''}{command}`\n\n"
                 f"Machine: {_machine()}\n\n"
-                "GB/s from the modelled bytes (benchmarks/bench_ops.py); \"% of copy\" against a copy of the same data timed in "
+                "GB/s from the modelled bytes (docs/KERNELS.md); \"% of copy\" against a copy of the same data timed in "
                 "the same group; \"x eager\" / \"x compiled / x mm\": speedup over the eager reference / "
                 "torch.compile(reference) (pso_step_) or torch.mm (combine) in the same run (min of the rounds; the machine is shared and noisy).\n\n"
                 f"{table}\n\nTargets (CPU):\n\n{_TABLE.targets()}\n")

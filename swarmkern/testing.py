@@ -3,7 +3,7 @@
 Everything is written to a directory so that YAML configs can point at it:
 
     from swarmkern.testing import build_tiny_setup
-    setup = build_tiny_setup("/tmp/tiny")           # model, reward model, judge, 3 LoRA experts, datasets
+    setup = build_tiny_setup(tmp_path / "tiny")           # model, reward model, judge, 3 LoRA experts, datasets
     setup.model_dir, setup.expert_dirs, setup.data["mc_dev"], ...
 
 Pieces: `char_tokenizer` and `build_tiny_causal_lm` (from swarmkern.tiny, which production code such

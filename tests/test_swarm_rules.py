@@ -1,4 +1,4 @@
-"""Each rule of the search (swarmkern/swarm/search.py), checked on small swarms with recording / scripted utilities."""
+"""Each rule of docs/ALGORITHM.md, checked on small swarms with recording / scripted utilities."""
 from __future__ import annotations
 
 import math

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SwarmConfig(BaseModel):
-    """Hyperparameters of one Model Swarms search (README.md shows them all; defaults follow the
+    """Hyperparameters of one Model Swarms search (see docs/ALGORITHM.md; defaults follow the
     authors' reference code, the paper's variants are options). Frozen: derive changed copies with
     `config.model_copy(update={...})`."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -20,7 +20,7 @@ class SwarmConfig(BaseModel):
         "Range of w1 for children w1*a + (1-w1)*b: (0, 2) is half interpolation, half extrapolation."))
     include_base: bool = Field(False, description=(
         "Add the base model itself as a particle (an all-zero expert: LoRA adapters only make sense "
-        "here). Lets the swarm leave the affine hull of the experts. For LoRA, mixing "
+        "here). Lets the swarm leave the affine hull of the experts (see docs/LESSONS.md). For LoRA, mixing "
         "with a zero particle scales lora_A and lora_B together (B.A scales quadratically); when the "
         "experts share one LoRA initialisation, listing an adapter with that lora_A and lora_B = 0 as an "
         "expert (also exactly the base model) mixes more linearly (the demo does so)."))
