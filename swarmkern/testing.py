@@ -1,4 +1,5 @@
-"""Tiny models and data built from configs, for tests and `--tiny` runs (no model hub, seconds on a CPU).
+"""Tiny models and data built from configs, for tests and benchmarks (no model hub, seconds on a CPU);
+the tiny model of `--tiny` runs is swarmkern.tiny, which production code imports instead of this module.
 
 Everything is written to a directory so that YAML configs can point at it:
 
