@@ -4,6 +4,11 @@
     result = swarm.run()                              # SwarmResult
     result = Swarm.resume(output_dir, utility).run()  # after a crash: bit-identical continuation
 
+Checkpoints: every iteration appends a journal record (the utilities it received, a few hundred bytes,
+fsync'ed; journal.py) and now and then a snapshot of the buffers is written (checkpoint.py). Resume
+loads the latest snapshot and replays the journaled iterations after it (kernel steps and bookkeeping,
+no evaluations): the search is a pure function of its seed, its experts and the utilities it got.
+
 A utility is any callable f(particles [B, D]) -> B floats (higher is better). The search passes row
 views of its own x buffer (a gathered copy only when some particles are skipped) and as many
 particles per call as it can (`batch_size` caps it). NaN/inf count as -inf (the worst possible),
@@ -24,15 +29,17 @@ from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
 
 from . import checkpoint as ckpt
-from . import outputs
+from . import journal, outputs
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
                          uniforms)
 from .state import STATE_VERSION, Bookkeeping, SwarmBuffers
+from swarmkern.streaming import copy_rows_
 
 Utility = Callable[[torch.Tensor], Any]
 EXPERTS_JSON = "experts.json"
+BUFFERS_DIR = "buffers"  # storage: mmap keeps the live x, v, pbest files here
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -60,7 +67,7 @@ class Swarm:
 
     def __init__(self, config: SwarmConfig, init: ExpertPool | torch.Tensor | Sequence[Any], utility: Utility,
                  test_utility: Utility | None = None, output_dir: str | Path | None = None, *,
-                 collective: Collective | None = None, overwrite: bool = False):
+                 collective: Collective | None = None, overwrite: bool = False, _resuming: bool = False):
         self.config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
         self.pool = init if isinstance(init, ExpertPool) else load_experts(init)
         self.utility = utility
@@ -77,7 +84,13 @@ class Swarm:
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
         self._last_checkpoint_s = 0.0
-        if self.output_dir is not None and self.collective.rank == 0:
+        self._journal: journal.Journal | None = None
+        self._snapshot_iteration: int | None = None  # the iteration of the latest snapshot
+        self._snapshot_started = 0.0                  # perf_counter() when it started
+        self._snapshot_cost = 0.0                     # its duration in seconds
+        if self.config.storage == "mmap" and self.output_dir is None:
+            raise ValueError("swarm.storage: mmap needs an output directory (the buffers are files there)")
+        if self.output_dir is not None and self.collective.rank == 0 and not _resuming:
             if ckpt.has_checkpoint(self.output_dir) and not overwrite:
                 raise FileExistsError(f"{self.output_dir}: already holds a run; resume it (swarmkern resume "
                                       "DIR / Swarm.resume) or start afresh (--overwrite / overwrite=True)")
@@ -114,6 +127,8 @@ class Swarm:
             while True:
                 reason = self._stop_reason()
                 if reason is not None:
+                    if self.output_dir is not None and cfg.checkpoint and self._snapshot_iteration != self.book.iteration:
+                        self._snapshot()  # the final state, complete on disk (resume then only finishes)
                     self.book.stop_reason = reason
                     break
                 self._iterate()
@@ -126,11 +141,16 @@ class Swarm:
     @classmethod
     def resume(cls, output_dir: str | Path, utility: Utility, test_utility: Utility | None = None, *,
                collective: Collective | None = None, pool: ExpertPool | None = None) -> "Swarm":
-        """A Swarm restored from the latest checkpoint in `output_dir`; `.run()` continues it and ends
+        """A Swarm restored from `output_dir`: the latest complete snapshot (written by any number of
+        processes) plus a replay of the journaled iterations after it. `.run()` continues it and ends
         exactly where the uninterrupted run would have (same buffers, same history)."""
         output_dir = Path(output_dir)
         collective = collective or LocalCollective()
-        tensors, state = ckpt.load_checkpoint(output_dir, collective=collective)  # any world size
+        found = ckpt.latest_complete(output_dir)
+        if found is None:
+            raise FileNotFoundError(f"{output_dir}: no complete checkpoint to resume from "
+                                    f"(no iteration has the shards of every rank in {ckpt.CHECKPOINT_DIR}/)")
+        state = found[1][0]
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
@@ -139,24 +159,33 @@ class Swarm:
             pool = ExpertPool.from_description(described)
         elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
             raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
-        self = cls.__new__(cls)
-        self.config, self.pool, self.utility, self.test_utility = config, pool, utility, test_utility
-        self.output_dir, self.collective = output_dir, collective
-        self.device = torch.device(config.device)
-        self.dtype = getattr(torch, state["dtype"])
-        self.coef_weights, self.origins = self._population()
-        self.n_particles = self.coef_weights.shape[0]
-        self.book = Bookkeeping.from_json(state["book"])
-        if self.book.n_particles != self.n_particles:
-            raise ValueError(f"{output_dir}: checkpoint has {self.book.n_particles} particles, config gives {self.n_particles}")
-        self.buffers = SwarmBuffers(collective.owned(self.n_particles), self.dim, self.dtype, self.device)
-        self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
+        self = cls(config, pool, utility, test_utility, output_dir, collective=collective, _resuming=True)
+        if str(self.dtype).removeprefix("torch.") != state["dtype"]:
+            raise ValueError(f"{output_dir}: checkpoint dtype {state['dtype']} is not the run's {self.dtype}")
+        book = Bookkeeping.from_json(state["book"])
+        if book.n_particles != self.n_particles:
+            raise ValueError(f"{output_dir}: checkpoint has {book.n_particles} particles, config gives {self.n_particles}")
+        self.buffers = self._new_buffers()
+        ckpt.load_sharded(output_dir, collective, into=self.buffers.tensors())
+        self.book = book
         self._point_gbest()
-        self._session_start = time.perf_counter()
-        self._wall_base = self.book.wall_seconds
-        self._last_checkpoint_s = 0.0
+        self._snapshot_iteration, self._snapshot_cost = book.iteration, float(state.get("snapshot_seconds", 0.0))
+        self._snapshot_started = time.perf_counter()
+        records, keep = journal.read(output_dir / ckpt.CHECKPOINT_DIR)
+        todo = [r for r in records if r.iteration > book.iteration]
+        if todo and todo[0].iteration != book.iteration + 1:
+            raise ValueError(f"{output_dir}: the journal starts at iteration {todo[0].iteration}, after the "
+                             f"snapshot of iteration {book.iteration} + 1")
+        for record in todo:  # the kernel steps and bookkeeping of each journaled iteration, no evaluations
+            self._iterate(replay=record)
+        if todo:
+            book.wall_seconds, book.history_bytes = todo[-1].wall_seconds, todo[-1].history_bytes
+        self._wall_base = book.wall_seconds
         if collective.rank == 0:
-            outputs.truncate_history(output_dir, self.book.history_bytes)
+            outputs.truncate_history(output_dir, book.history_bytes)
+            if config.checkpoint:  # records end where the replay ended; a torn one is cut off
+                self._journal = journal.Journal(output_dir / ckpt.CHECKPOINT_DIR,
+                                                keep_bytes=keep if records and records[-1].iteration >= book.iteration else 0)
         self.history = outputs.read_history(output_dir)
         return self
 
@@ -199,7 +228,7 @@ class Swarm:
         cfg, coll = self.config, self.collective
         P = self.n_particles
         owned = coll.owned(P)
-        buf = SwarmBuffers(owned, self.dim, self.dtype, self.device)
+        buf = self._new_buffers()
         self.buffers = buf
         own = list(owned)
         targets = [(buf.x, self.coef_weights[own])]
@@ -208,8 +237,8 @@ class Swarm:
             u = uniforms(cfg.seed, Purpose.VELOCITY_PARTNER, own, 0)[:, 0].tolist()
             partners = [other_index(ui, i, P) for ui, i in zip(u, own)]
             targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
-        self.pool.fill(targets)
-        buf.pbest.copy_(buf.x)
+        self.pool.fill(targets, block=buf.block)
+        copy_rows_(buf.pbest, buf.x, buf.block)
 
         t0 = time.perf_counter()
         u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, set())
@@ -245,9 +274,20 @@ class Swarm:
         if self.output_dir is not None and coll.rank == 0:
             ckpt.atomic_write_json(self.output_dir / EXPERTS_JSON, self.pool.describe(), indent=2)
             outputs.truncate_history(self.output_dir, 0)
+            if cfg.checkpoint:
+                self._journal = journal.Journal(self.output_dir / ckpt.CHECKPOINT_DIR, keep_bytes=0)
         self._record(0, cfg.step, restarts=[], skipped=[], improved=list(range(P)), nonfinite=nonfinite,
                      timings={"evaluate_s": eval_s})
-        self._checkpoint()
+        self._checkpoint(journal.Record(0, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows, [], [],
+                                        cfg.step, 0, 0.0))
+
+    def _new_buffers(self) -> SwarmBuffers:
+        cfg = self.config
+        # the per-element random stream is keyed by the column: its kernel must see every column at once
+        block = self.dim if cfg.randomness == "element" else cfg.block_size
+        directory = self.output_dir / BUFFERS_DIR if self.output_dir is not None else None
+        return SwarmBuffers(self.collective.owned(self.n_particles), self.dim, self.dtype, self.device,
+                            storage=cfg.storage, directory=directory, rank=self.collective.rank, block=block)
 
     # -- one iteration -------------------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
@@ -260,7 +300,10 @@ class Swarm:
             return "patience"
         return None
 
-    def _iterate(self) -> None:
+    def _iterate(self, replay: journal.Record | None = None) -> None:
+        """One iteration: restarts, the update, the evaluation and the bookkeeping. With `replay` (a
+        journal record of this iteration), the recorded utilities stand in for the evaluation and
+        nothing is written: resume uses it to redo the iterations after the latest snapshot."""
         cfg, book, buf, coll = self.config, self.book, self.buffers, self.collective
         P, owned = self.n_particles, buf.owned
         t = book.iteration + 1
@@ -285,13 +328,24 @@ class Swarm:
         else:
             coef = self.coefficients(t).to(self.device)
             tk = time.perf_counter()
-            ops.pso_step_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, coef, step, backend=cfg.backend)
+            for a, b in buf.blocks():  # one block for storage: memory; elementwise, so the same numbers
+                ops.pso_step_(buf.x[:, a:b], buf.v[:, a:b], buf.pbest[:, a:b], buf.gbest[a:b], buf.gworst[a:b],
+                              coef, step, backend=cfg.backend)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
 
         skipped = self._skipped(t)
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
+        if replay is None:
+            u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
+        else:
+            if replay.iteration != t or replay.skipped != sorted(skipped) or replay.restarts != restarts \
+                    or replay.step != step:
+                raise ValueError(f"journal record of iteration {replay.iteration} does not match the run "
+                                 f"(iteration {t}): was the configuration changed?")
+            u = list(replay.utilities)
+            nonfinite_mask = [i in set(replay.nonfinite) for i in range(P)]
+            bad_mask = [i in set(replay.bad_rows) for i in range(P)]
         t2 = time.perf_counter()
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         improved = []
@@ -324,11 +378,14 @@ class Swarm:
         book.restarts_total += len(restarts)
         book.evaluations_total += P - len(skipped)
         book.skipped_total += len(skipped)
+        if replay is not None:
+            return
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
                      timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
                               "last_checkpoint_s": self._last_checkpoint_s})
-        self._checkpoint()
+        self._checkpoint(journal.Record(t, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows,
+                                        sorted(skipped), restarts, step, 0, 0.0))
 
     def coefficients(self, iteration: int) -> torch.Tensor:
         """The normalised (c_v, c_p, c_g, c_w) of this process's particles at an iteration: fp32 [n, 4].
@@ -384,11 +441,20 @@ class Swarm:
         if n == 0:
             return out, 0, []
         contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
-        source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
         bs = self.config.batch_size or n
+        if contiguous or buf.storage == "memory":
+            source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
+            calls = [(s, source[s:s + bs]) for s in range(0, n, bs)]
+        else:  # mapped rows are never gathered into a copy: each run of consecutive rows is a view
+            calls, s = [], 0
+            for run in torch.tensor_split(rows, (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()):
+                lo = int(run[0])
+                for a in range(0, len(run), bs):
+                    m = min(bs, len(run) - a)
+                    calls.append((s, buf.x[lo + a:lo + a + m]))
+                    s += m
         with torch.no_grad():
-            for s in range(0, n, bs):
-                part = source[s:s + bs]
+            for s, part in calls:
                 got = fn(part)
                 vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
                         else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
@@ -428,10 +494,8 @@ class Swarm:
         """gbest = the pbest row of the best particle: a view on one process, a broadcast copy otherwise."""
         buf, coll, g = self.buffers, self.collective, self.book.gbest_index
         r = buf.local(g)
-        if coll.world_size > 1 and buf.gbest_buffer is None:
-            buf.gbest_buffer = torch.empty(self.dim, dtype=self.dtype, device=self.device)
-        buf.gbest = coll.broadcast_row(buf.pbest[r] if r is not None else None, coll.owner(g, self.n_particles),
-                                       buf.gbest_buffer)
+        out = buf.make_gbest_buffer() if coll.world_size > 1 else None
+        buf.gbest = coll.broadcast_row(buf.pbest[r] if r is not None else None, coll.owner(g, self.n_particles), out)
 
     def _record(self, t: int, step: float, *, restarts, skipped, improved, nonfinite, timings) -> None:
         book = self.book
@@ -444,20 +508,48 @@ class Swarm:
         if self.output_dir is not None and self.collective.rank == 0:
             book.history_bytes = outputs.append_history(self.output_dir, rec)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, record: journal.Record) -> None:
+        """Journal this iteration (rank 0), then snapshot the buffers when one is due."""
         book, cfg = self.book, self.config
         book.wall_seconds = self._wall_base + (time.perf_counter() - self._session_start)
-        if self.output_dir is None or cfg.checkpoint_every == 0:
-            return
-        if book.iteration % cfg.checkpoint_every and book.iteration < cfg.max_iters:
+        if self.output_dir is None or not cfg.checkpoint:
             return
         t0 = time.perf_counter()
-        state = {"version": STATE_VERSION, "config": cfg.model_dump(mode="json"), "book": book.to_json(),
+        if self._journal is not None:
+            record.history_bytes, record.wall_seconds = book.history_bytes, book.wall_seconds
+            self._journal.append(record)
+        if self._snapshot_due():
+            self._snapshot()
+        self._last_checkpoint_s = time.perf_counter() - t0
+
+    def _snapshot_due(self) -> bool:
+        """snapshot_every > 0: at its multiples; else snapshot_seconds after the last one; else
+        once the last one took at most snapshot_budget of the time since it started. Time-based rules
+        are agreed between processes (any rank due -> all), so that every rank writes the same iteration."""
+        cfg, t = self.config, self.book.iteration
+        if self._snapshot_iteration is None:
+            return True
+        if cfg.snapshot_every:  # multiples of it: the same iterations whether or not the run was resumed
+            return t % cfg.snapshot_every == 0
+        since = time.perf_counter() - self._snapshot_started
+        due = since >= cfg.snapshot_seconds if cfg.snapshot_seconds is not None \
+            else self._snapshot_cost <= cfg.snapshot_budget * since
+        coll = self.collective
+        if coll.world_size > 1:
+            flags = torch.full((len(self.buffers.owned),), float(due), dtype=torch.float64)
+            due = bool(coll.all_gather_scores(flags, self.n_particles).max() > 0)
+        return due
+
+    def _snapshot(self) -> None:
+        book = self.book
+        t0 = time.perf_counter()
+        state = {"version": STATE_VERSION, "config": self.config.model_dump(mode="json"), "book": book.to_json(),
                  "dtype": str(self.dtype).removeprefix("torch."), "dim": self.dim,
                  "owned": [self.buffers.owned.start, self.buffers.owned.stop],
-                 "world_size": self.collective.world_size}
+                 "world_size": self.collective.world_size, "snapshot_seconds": self._snapshot_cost}
         ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank)
-        self._last_checkpoint_s = time.perf_counter() - t0
+        self._snapshot_iteration, self._snapshot_started = book.iteration, t0
+        self._snapshot_cost = time.perf_counter() - t0
 
     def _finish(self) -> SwarmResult:
         book, buf, coll = self.book, self.buffers, self.collective
@@ -533,7 +625,7 @@ class Swarm:
 def _clear_run(output_dir: Path) -> None:
     import shutil
 
-    for name in (ckpt.CHECKPOINT_DIR,):
+    for name in (ckpt.CHECKPOINT_DIR, BUFFERS_DIR):
         shutil.rmtree(output_dir / name, ignore_errors=True)
     for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON):
         (output_dir / name).unlink(missing_ok=True)
