@@ -368,7 +368,7 @@ def test_sigkill_inside_a_journal_append_and_a_snapshot(tmp_path, world, storage
         pytest.skip("torch.distributed with gloo is needed")
     dim, iters, every = 3_000, 12, 4
     full = tmp_path / "full"
-    _finish(_spawn(full, dim, iters, every))
+    _finish(_spawn(full, dim, iters, every, storage=storage))
     part = tmp_path / "part"
     last = world - 1
     for kill, killed, journaled, snapshot in (("0:journal:6", 0, 5, 4), (f"{last}:snapshot:8", last, 8, 4),
