@@ -142,3 +142,15 @@ def test_full_weight_utility_reads_mapped_rows(tmp_path):
     Swarm(cfg, pool, built.dev, output_dir=tmp_path / "memory").run()
     Swarm(cfg.model_copy(update={"storage": "mmap", "block_size": 64}), pool, built.dev, output_dir=tmp_path / "mmap").run()
     _assert_same(_record(tmp_path / "memory"), _record(tmp_path / "mmap"))
+
+
+def test_a_new_run_does_not_inherit_stale_mapped_files(tmp_path):
+    """Without checkpoints a folder keeps the mapped files of an earlier run: a new run there starts
+    from fresh (all-zero) files, e.g. velocity_init: zero must not pick up the old velocities."""
+    cfg = _config(storage="mmap", checkpoint=False, velocity_init="zero", block_size=9)
+    a = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
+    alone = Swarm(cfg, a, neg_rastrigin, output_dir=tmp_path / "alone").run()
+    Swarm(cfg, a * 3, neg_rastrigin, output_dir=tmp_path / "run").run()  # leaves x, v, pbest files behind
+    assert (tmp_path / "run" / BUFFERS_DIR / "v-rank0.bin").stat().st_size == 9 * 30 * 4
+    again = Swarm(cfg, a, neg_rastrigin, output_dir=tmp_path / "run").run()
+    assert torch.equal(again.best, alone.best) and again.summary["best_dev_utility"] == alone.summary["best_dev_utility"]

@@ -83,7 +83,8 @@ class Swarm:
         self.history: list[dict[str, Any]] = []
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
-        self._last_checkpoint_s = 0.0
+        self._last_checkpoint_s = 0.0  # the previous iteration's journal append + snapshot, if any
+        self._last_snapshot_s = 0.0    # ... of which the snapshot
         self._journal: journal.Journal | None = None
         self._snapshot_iteration: int | None = None  # the iteration of the latest snapshot
         self._snapshot_started = 0.0                  # perf_counter() when it started
@@ -165,7 +166,7 @@ class Swarm:
         book = Bookkeeping.from_json(state["book"])
         if book.n_particles != self.n_particles:
             raise ValueError(f"{output_dir}: checkpoint has {book.n_particles} particles, config gives {self.n_particles}")
-        self.buffers = self._new_buffers()
+        self.buffers = self._new_buffers(fresh=False)  # the mapped files are reused, then overwritten
         ckpt.load_sharded(output_dir, collective, into=self.buffers.tensors())
         self.book = book
         self._point_gbest()
@@ -228,7 +229,7 @@ class Swarm:
         cfg, coll = self.config, self.collective
         P = self.n_particles
         owned = coll.owned(P)
-        buf = self._new_buffers()
+        buf = self._new_buffers(fresh=True)
         self.buffers = buf
         own = list(owned)
         targets = [(buf.x, self.coef_weights[own])]
@@ -281,13 +282,14 @@ class Swarm:
         self._checkpoint(journal.Record(0, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows, [], [],
                                         cfg.step, 0, 0.0))
 
-    def _new_buffers(self) -> SwarmBuffers:
+    def _new_buffers(self, fresh: bool) -> SwarmBuffers:
         cfg = self.config
         # the per-element random stream is keyed by the column: its kernel must see every column at once
         block = self.dim if cfg.randomness == "element" else cfg.block_size
         directory = self.output_dir / BUFFERS_DIR if self.output_dir is not None else None
         return SwarmBuffers(self.collective.owned(self.n_particles), self.dim, self.dtype, self.device,
-                            storage=cfg.storage, directory=directory, rank=self.collective.rank, block=block)
+                            storage=cfg.storage, directory=directory, rank=self.collective.rank, block=block,
+                            fresh=fresh)
 
     # -- one iteration -------------------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
@@ -383,7 +385,7 @@ class Swarm:
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
                      timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
-                              "last_checkpoint_s": self._last_checkpoint_s})
+                              "last_checkpoint_s": self._last_checkpoint_s, "last_snapshot_s": self._last_snapshot_s})
         self._checkpoint(journal.Record(t, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows,
                                         sorted(skipped), restarts, step, 0, 0.0))
 
@@ -518,8 +520,10 @@ class Swarm:
         if self._journal is not None:
             record.history_bytes, record.wall_seconds = book.history_bytes, book.wall_seconds
             self._journal.append(record)
+        self._last_snapshot_s = 0.0
         if self._snapshot_due():
             self._snapshot()
+            self._last_snapshot_s = self._snapshot_cost
         self._last_checkpoint_s = time.perf_counter() - t0
 
     def _snapshot_due(self) -> bool:

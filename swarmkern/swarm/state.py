@@ -66,13 +66,15 @@ class SwarmBuffers:
     """
 
     def __init__(self, owned: range, dim: int, dtype: torch.dtype, device: torch.device | str, *,
-                 storage: str = "memory", directory: Path | None = None, rank: int = 0, block: int | None = None):
+                 storage: str = "memory", directory: Path | None = None, rank: int = 0, block: int | None = None,
+                 fresh: bool = True):
         n = len(owned)
         self.owned = owned
         self.dim = dim
         self.storage = storage
         self.directory = directory
         self.rank = rank
+        self.fresh = fresh  # mmap: start from new (all-zero) files rather than reuse the existing ones
         if storage == "mmap":
             if torch.device(device).type != "cpu":
                 raise ValueError(f"swarm.storage: mmap keeps the buffers in host files; device {device} needs storage: memory")
@@ -90,7 +92,10 @@ class SwarmBuffers:
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
         if self.storage == "mmap":
-            return mapped_tensor(self.directory / f"{name}-rank{self.rank}.bin", shape, dtype, create=True)
+            path = self.directory / f"{name}-rank{self.rank}.bin"
+            if self.fresh:
+                path.unlink(missing_ok=True)
+            return mapped_tensor(path, shape, dtype, create=True)
         return torch.zeros(shape, dtype=dtype, device=device) if name == "v" else torch.empty(shape, dtype=dtype, device=device)
 
     def make_gbest_buffer(self) -> torch.Tensor:
