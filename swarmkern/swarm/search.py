@@ -4,6 +4,11 @@
     result = swarm.run()                              # SwarmResult
     result = Swarm.resume(output_dir, utility).run()  # after a crash: bit-identical continuation
 
+    while not swarm.done:                             # the same search, driven from outside (ask/tell)
+        asked = swarm.ask()                           # Ask: rows [n, D] + their particle indices
+        swarm.tell(my_scores(asked.rows))             # n utilities, higher is better
+    result = swarm.finish()
+
 Checkpoints: every iteration appends a journal record (the utilities it received, a few hundred bytes,
 fsync'ed; journal.py) and now and then a snapshot of the buffers is written (checkpoint.py). Resume
 loads the latest snapshot and replays the journaled iterations after it (kernel steps and bookkeeping,
@@ -13,6 +18,13 @@ A utility is any callable f(particles [B, D]) -> B floats (higher is better). Th
 views of its own x buffer (a gathered copy only when some particles are skipped) and as many
 particles per call as it can (`batch_size` caps it). NaN/inf count as -inf (the worst possible),
 are counted and reported. This module never imports transformers.
+
+Ask/tell (the convention of nevergrad, cma and EvoTorch) splits an iteration at the utility call:
+`ask()` applies restarts and the update (at the start: fills the population) and returns the rows
+that need a utility; `tell(scores)` does the bookkeeping, the history line and the checkpoint.
+`run()` is a loop over them and `score_rows` is how it calls the utility, so a search driven
+through ask/tell gives the same results bit for bit. Several swarms can be driven together, their
+asked rows scored in one batched call (swarm/sweep.py).
 """
 from __future__ import annotations
 
@@ -57,6 +69,59 @@ class SwarmResult:
     best_path: Path | None = None
 
 
+@dataclass
+class Ask:
+    """The rows one `Swarm.ask()` wants scored: `rows` [n, D] are this process's particles `indices`
+    (global, ascending) at `iteration` (0 = the initial population). `rows` is a view of the swarm's
+    x buffer (a gathered copy when some particles are skipped): read it, do not write it, and score
+    it before the next `tell`. `parts` are the same rows as views of runs of consecutive rows (never
+    a copy): with storage: mmap the search scores them part by part instead of gathering `rows`."""
+    iteration: int
+    indices: list[int]
+    parts: list[torch.Tensor]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return torch.cat(self.parts) if self.parts else torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def score_rows(fn: Utility, rows: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """fn over `rows` [n, D] in calls of at most `batch_size` rows (None: one call), under no_grad:
+    the raw scores as float64 on the CPU [n] (non-finite values are left as they are). No call for n = 0."""
+    n = rows.shape[0]
+    out = torch.empty(n, dtype=torch.float64)
+    if n == 0:
+        return out
+    bs = batch_size or n
+    with torch.no_grad():
+        for s in range(0, n, bs):
+            part = rows[s:s + bs]
+            got = fn(part)
+            vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
+                    else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
+            if vals.numel() != part.shape[0]:
+                raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
+            out[s:s + part.shape[0]] = vals
+    return out
+
+
+@dataclass
+class _Pending:
+    """What `ask` leaves for `tell`: the asked rows and the iteration's context."""
+    asked: Ask
+    local_rows: torch.Tensor   # rows of this process's buffers, [n] long
+    step: float                # the step length used by this iteration's update
+    restarts: list[int]
+    skipped: set[int]
+    timings: dict[str, float]
+    asked_at: float            # perf_counter when ask returned
+
+
 class Swarm:
     """A particle swarm over the rows of one [P, D] buffer (see the module docstring).
 
@@ -81,6 +146,7 @@ class Swarm:
         self.buffers: SwarmBuffers | None = None
         self.book: Bookkeeping | None = None
         self.history: list[dict[str, Any]] = []
+        self._pending: _Pending | None = None  # the last ask(), until its tell()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
         self._last_checkpoint_s = 0.0  # the previous iteration's journal append + snapshot, if any
@@ -115,28 +181,74 @@ class Swarm:
         self._require_started()
         return self.book.u_gbest
 
+    @property
+    def done(self) -> bool:
+        """True once a stop rule (max_iters, patience) fires with no ask pending; False before the
+        initial population is scored."""
+        return self.book is not None and self._pending is None and self._stop_reason() is not None
+
     def run(self) -> SwarmResult:
-        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs."""
+        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs:
+        a loop of ask / score_rows / tell, then finish."""
         from tqdm.auto import tqdm
 
-        if self.book is None:
-            self._initialise()
         cfg = self.config
+        if self.book is None:  # the initial population is the first ask/tell
+            self.tell(self._score(self.utility, self.ask()))
         bar = tqdm(total=cfg.max_iters, initial=self.book.iteration, unit="it", desc="swarm", leave=False,
                    disable=not cfg.progress or self.collective.rank != 0, dynamic_ncols=True)
         try:
-            while True:
-                reason = self._stop_reason()
-                if reason is not None:
-                    if self.output_dir is not None and cfg.checkpoint and self._snapshot_iteration != self.book.iteration:
-                        self._snapshot()  # the final state, complete on disk (resume then only finishes)
-                    self.book.stop_reason = reason
-                    break
-                self._iterate()
+            while not self.done:
+                self.tell(self._score(self.utility, self.ask()))
                 bar.update(1)
                 bar.set_postfix(best=f"{self.book.u_gbest:.4g}", step=f"{self.book.step:.3g}")
         finally:
             bar.close()
+        return self.finish()
+
+    def ask(self) -> Ask:
+        """The rows that need a utility now. The first call fills the initial population (all
+        particles, iteration 0); later calls restart stray particles, apply the update and draw
+        dropK/dropN (skipped particles keep their last utility and are not asked). Asking again
+        before `tell` returns the same Ask. Under torch.distributed each process asks (and is told)
+        the rows it owns. Raises RuntimeError once the search is done."""
+        if self._pending is not None:
+            return self._pending.asked
+        if self.book is None:
+            return self._ask_initial()
+        reason = self._stop_reason()
+        if reason is not None:
+            raise RuntimeError(f"the search has stopped ({reason}): call finish()")
+        return self._ask_iteration()
+
+    def tell(self, scores: torch.Tensor | Sequence[float]) -> None:
+        """The utilities of the last `ask()`'s rows, in its order (NaN/inf count as -inf). Updates
+        personal and global bests, the global worst, the step length and the counters, appends the
+        history line and writes the checkpoint when one is due."""
+        pend = self._pending
+        if pend is None:
+            raise RuntimeError("tell() without a pending ask(): call ask() first")
+        vals = (scores.detach().to("cpu", torch.float64) if isinstance(scores, torch.Tensor)
+                else torch.tensor([float(x) for x in scores], dtype=torch.float64)).reshape(-1)
+        if vals.numel() != len(pend.asked):
+            raise ValueError(f"tell: {vals.numel()} scores for {len(pend.asked)} asked particles")
+        told_at = time.perf_counter()
+        self._pending = None
+        u, nonfinite_mask, bad_mask = self._gather_scores(vals, pend.local_rows)
+        if pend.asked.iteration == 0:
+            self._tell_initial(u, nonfinite_mask, bad_mask, evaluate_s=told_at - pend.asked_at)
+        else:
+            self._tell_iteration(pend, u, nonfinite_mask, bad_mask, told_at)
+
+    def finish(self) -> SwarmResult:
+        """Score the global best on the test utility, export it, write summary.json and the plot;
+        the SwarmResult. Call it once `done` (or earlier, to stop the search where it is)."""
+        if self._pending is not None:
+            raise RuntimeError("finish() with an ask pending: tell() its scores first")
+        self._require_started()
+        if self.output_dir is not None and self.config.checkpoint and self._snapshot_iteration != self.book.iteration:
+            self._snapshot()  # the final state, complete on disk (a resume then only finishes)
+        self.book.stop_reason = self._stop_reason() or "stopped by the caller"
         return self._finish()
 
     @classmethod
@@ -177,8 +289,8 @@ class Swarm:
         if todo and todo[0].iteration != book.iteration + 1:
             raise ValueError(f"{output_dir}: the journal starts at iteration {todo[0].iteration}, after the "
                              f"snapshot of iteration {book.iteration} + 1")
-        for record in todo:  # the kernel steps and bookkeeping of each journaled iteration, no evaluations
-            self._iterate(replay=record)
+        for record in todo:  # each journaled iteration: ask (restarts, the update), tell what it was told
+            self._replay(record)
         if todo:
             book.wall_seconds, book.history_bytes = todo[-1].wall_seconds, todo[-1].history_bytes
         self._wall_base = book.wall_seconds
@@ -225,7 +337,7 @@ class Swarm:
         return torch.stack(rows), origins
 
     # -- initialisation ----------------------------------------------------------------------------
-    def _initialise(self) -> None:
+    def _ask_initial(self) -> Ask:
         cfg, coll = self.config, self.collective
         P = self.n_particles
         owned = coll.owned(P)
@@ -240,10 +352,12 @@ class Swarm:
             targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
         self.pool.fill(targets, block=buf.block)
         copy_rows_(buf.pbest, buf.x, buf.block)
+        return self._ask_rows(0, set(), step=cfg.step, restarts=[], timings={})
 
-        t0 = time.perf_counter()
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, set())
-        eval_s = time.perf_counter() - t0
+    def _tell_initial(self, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool], *,
+                      evaluate_s: float) -> None:
+        cfg, coll, buf = self.config, self.collective, self.buffers
+        P, owned = self.n_particles, buf.owned
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         book = Bookkeeping(n_particles=P, step=cfg.step, u_now=list(u), u_pbest=list(u), since_best=[1] * P,
                            origins=self.origins, initial_utilities=list(u))
@@ -266,7 +380,8 @@ class Swarm:
         if self.test_utility is not None:
             starters = [i for i, o in enumerate(self.origins) if o["kind"] != "child"]
             local = torch.tensor([i - owned.start for i in starters if i in owned], dtype=torch.long)
-            vals, _, _ = self._evaluate(self.test_utility, local)
+            vals = torch.cat([score_rows(self.test_utility, part, cfg.batch_size) for part in self._row_parts(local)])
+            vals[~torch.isfinite(vals)] = -math.inf
             full = torch.full((len(owned),), math.nan, dtype=torch.float64)
             if len(local):
                 full[local] = vals
@@ -278,7 +393,7 @@ class Swarm:
             if cfg.checkpoint:
                 self._journal = journal.Journal(self.output_dir / ckpt.CHECKPOINT_DIR, keep_bytes=0)
         self._record(0, cfg.step, restarts=[], skipped=[], improved=list(range(P)), nonfinite=nonfinite,
-                     timings={"evaluate_s": eval_s})
+                     timings={"evaluate_s": evaluate_s})
         self._checkpoint(journal.Record(0, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows, [], [],
                                         cfg.step, 0, 0.0))
 
@@ -302,11 +417,8 @@ class Swarm:
             return "patience"
         return None
 
-    def _iterate(self, replay: journal.Record | None = None) -> None:
-        """One iteration: restarts, the update, the evaluation and the bookkeeping. With `replay` (a
-        journal record of this iteration), the recorded utilities stand in for the evaluation and
-        nothing is written: resume uses it to redo the iterations after the latest snapshot."""
-        cfg, book, buf, coll = self.config, self.book, self.buffers, self.collective
+    def _ask_iteration(self) -> Ask:
+        cfg, book, buf = self.config, self.book, self.buffers
         P, owned = self.n_particles, buf.owned
         t = book.iteration + 1
         step = book.step
@@ -336,19 +448,16 @@ class Swarm:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
+        return self._ask_rows(t, self._skipped(t), step=step, restarts=restarts,
+                              timings={"update_s": t1 - t0, "kernel_s": t1 - tk})
 
-        skipped = self._skipped(t)
-        if replay is None:
-            u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
-        else:
-            if replay.iteration != t or replay.skipped != sorted(skipped) or replay.restarts != restarts \
-                    or replay.step != step:
-                raise ValueError(f"journal record of iteration {replay.iteration} does not match the run "
-                                 f"(iteration {t}): was the configuration changed?")
-            u = list(replay.utilities)
-            nonfinite_mask = [i in set(replay.nonfinite) for i in range(P)]
-            bad_mask = [i in set(replay.bad_rows) for i in range(P)]
-        t2 = time.perf_counter()
+    def _tell_iteration(self, pend: _Pending, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool],
+                        told_at: float, *, replay: bool = False) -> None:
+        """The bookkeeping of an iteration given every particle's utility; with `replay` (resume redoing
+        a journaled iteration) nothing is written."""
+        cfg, book, buf = self.config, self.book, self.buffers
+        P, t, step = self.n_particles, pend.asked.iteration, pend.step
+        restarts, skipped = pend.restarts, pend.skipped
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         improved = []
         for i in range(P):
@@ -380,14 +489,27 @@ class Swarm:
         book.restarts_total += len(restarts)
         book.evaluations_total += P - len(skipped)
         book.skipped_total += len(skipped)
-        if replay is not None:
+        if replay:
             return
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
-                     timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
+                     timings={**pend.timings, "evaluate_s": told_at - pend.asked_at, "bookkeeping_s": t3 - told_at,
                               "last_checkpoint_s": self._last_checkpoint_s, "last_snapshot_s": self._last_snapshot_s})
         self._checkpoint(journal.Record(t, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows,
                                         sorted(skipped), restarts, step, 0, 0.0))
+
+    def _replay(self, record: journal.Record) -> None:
+        """Redo a journaled iteration: ask (restarts, the update), then its bookkeeping with the
+        utilities the journal recorded: no evaluation, nothing written."""
+        asked, pend, P = self.ask(), self._pending, self.n_particles
+        if record.iteration != asked.iteration or record.skipped != sorted(pend.skipped) \
+                or record.restarts != pend.restarts or record.step != pend.step:
+            raise ValueError(f"journal record of iteration {record.iteration} does not match the run "
+                             f"(iteration {asked.iteration}): was the configuration changed?")
+        self._pending = None
+        nonfinite, bad = set(record.nonfinite), set(record.bad_rows)
+        self._tell_iteration(pend, list(record.utilities), [i in nonfinite for i in range(P)],
+                             [i in bad for i in range(P)], time.perf_counter(), replay=True)
 
     def coefficients(self, iteration: int) -> torch.Tensor:
         """The normalised (c_v, c_p, c_g, c_w) of this process's particles at an iteration: fp32 [n, 4].
@@ -414,64 +536,58 @@ class Swarm:
         return set()
 
     # -- helpers --------------------------------------------------------------------------------------
-    def _evaluate_owned(self, fn: Utility, skipped: set[int]) -> tuple[list[float], list[bool], list[bool]]:
-        """Score this process's particles except `skipped` (they keep their last score); returns,
+    def _row_parts(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Local rows `rows` [n] (ascending) of x as views of its runs of consecutive rows."""
+        if len(rows) == 0:
+            return [self.buffers.x[:0]]
+        cuts = (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()
+        return [self.buffers.x[int(run[0]):int(run[-1]) + 1] for run in torch.tensor_split(rows, cuts)]
+
+    def _score(self, fn: Utility, asked: Ask) -> torch.Tensor:
+        """`score_rows` over an Ask: the gathered rows in one go (as many particles per call as
+        batch_size allows), or with storage: mmap each run of consecutive mapped rows on its own, so
+        that no copy of the rows is ever made."""
+        if self.config.storage == "mmap" and len(asked.parts) > 1:
+            return torch.cat([score_rows(fn, part, self.config.batch_size) for part in asked.parts])
+        return score_rows(fn, asked.rows, self.config.batch_size)
+
+    def _ask_rows(self, t: int, skipped: set[int], *, step: float, restarts: list[int],
+                  timings: dict[str, float]) -> Ask:
+        """Ask for this process's particles at iteration t except `skipped`."""
+        owned = self.buffers.owned
+        local = [r for r, i in enumerate(owned) if i not in skipped]
+        rows = torch.tensor(local, dtype=torch.long)
+        asked = Ask(iteration=t, indices=[owned.start + r for r in local], parts=self._row_parts(rows))
+        self._pending = _Pending(asked, rows, step, restarts, skipped, timings, time.perf_counter())
+        return asked
+
+    def _gather_scores(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[list[float], list[bool], list[bool]]:
+        """The scores of local rows `rows` (non-finite -> -inf; the others keep their last score) ->
         for all P particles (gathered): scores, non-finite-score flags, non-finite-location flags."""
         buf, coll, P = self.buffers, self.collective, self.n_particles
         owned = buf.owned
-        todo = torch.tensor([r for r, i in enumerate(owned) if i not in skipped], dtype=torch.long)
-        scores, nonfinite, bad_rows = self._evaluate(fn, todo)
-        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
-                             dtype=torch.float64)
-        flags = torch.zeros(len(owned), dtype=torch.float64)
-        bad = torch.zeros(len(owned), dtype=torch.float64)
-        if len(todo):
-            local[todo] = scores
-            flags[todo] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
-        for i in bad_rows:
-            bad[i - owned.start] = 1.0
-        u = coll.all_gather_scores(local, P).tolist()
-        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
-        br = [bool(x) for x in coll.all_gather_scores(bad, P).tolist()]
-        return u, nf, br
-
-    def _evaluate(self, fn: Utility, rows: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
-        """Scores (float64, non-finite -> -inf) of local rows `rows` of x, the count of non-finite
-        scores, and the global indices of evaluated locations that are themselves non-finite."""
-        buf, n = self.buffers, len(rows)
-        out = torch.empty(n, dtype=torch.float64)
-        if n == 0:
-            return out, 0, []
-        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
-        bs = self.config.batch_size or n
-        if contiguous or buf.storage == "memory":
-            source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
-            calls = [(s, source[s:s + bs]) for s in range(0, n, bs)]
-        else:  # mapped rows are never gathered into a copy: each run of consecutive rows is a view
-            calls, s = [], 0
-            for run in torch.tensor_split(rows, (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()):
-                lo = int(run[0])
-                for a in range(0, len(run), bs):
-                    m = min(bs, len(run) - a)
-                    calls.append((s, buf.x[lo + a:lo + a + m]))
-                    s += m
-        with torch.no_grad():
-            for s, part in calls:
-                got = fn(part)
-                vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
-                        else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
-                if vals.numel() != part.shape[0]:
-                    raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
-                out[s:s + part.shape[0]] = vals
-        bad = ~torch.isfinite(out)
+        bad = ~torch.isfinite(scores)
         nonfinite = int(bad.sum())
         bad_rows = []
         if nonfinite:
-            out[bad] = -math.inf
+            scores = scores.clone()
+            scores[bad] = -math.inf
             for r in rows[bad].tolist():
                 if not bool(torch.isfinite(buf.x[r]).all()):
-                    bad_rows.append(buf.owned.start + r)
-        return out, nonfinite, bad_rows
+                    bad_rows.append(r)
+        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
+                             dtype=torch.float64)
+        flags = torch.zeros(len(owned), dtype=torch.float64)
+        bad_loc = torch.zeros(len(owned), dtype=torch.float64)
+        if len(rows):
+            local[rows] = scores
+            flags[rows] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
+        for r in bad_rows:
+            bad_loc[r] = 1.0
+        u = coll.all_gather_scores(local, P).tolist()
+        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
+        br = [bool(x) for x in coll.all_gather_scores(bad_loc, P).tolist()]
+        return u, nf, br
 
     def _new_worst(self, u: list[float], u_worst: float, *, first: bool,
                    exclude: Sequence[int] = ()) -> tuple[int, float] | None:
@@ -530,11 +646,11 @@ class Swarm:
         """snapshot_every > 0: at its multiples; else snapshot_seconds after the last one; else
         once the last one took at most snapshot_budget of the time since it started. Time-based rules
         are agreed between processes (any rank due -> all), so that every rank writes the same iteration."""
-        cfg, t = self.config, self.book.iteration
+        cfg = self.config
         if self._snapshot_iteration is None:
             return True
         if cfg.snapshot_every:  # multiples of it: the same iterations whether or not the run was resumed
-            return t % cfg.snapshot_every == 0
+            return self.book.iteration % cfg.snapshot_every == 0
         since = time.perf_counter() - self._snapshot_started
         due = since >= cfg.snapshot_seconds if cfg.snapshot_seconds is not None \
             else self._snapshot_cost <= cfg.snapshot_budget * since
