@@ -115,11 +115,13 @@ def main() -> None:
         built = build_utility({"type": "multiple_choice", "dev": str(dev), "model": str(model_dir)}, pool)
         cfg = SwarmConfig(n_particles=P, max_iters=args.iters, patience=10 ** 6, storage="mmap", block_size=block,
                           checkpoint=False, seed=0, progress=True)
+        load = [os.getloadavg()[0]]
         with MemoryWatch() as mem:
             t1 = time.perf_counter()
             swarm = Swarm(cfg, pool, built.dev, output_dir=tmp / "run")
             result = swarm.run()
             total_s = time.perf_counter() - t1
+        load.append(os.getloadavg()[0])
         hist = swarm.history
         init_s = hist[0]["timings"]["evaluate_s"]
         its = [h["timings"] for h in hist[1:]]
@@ -135,7 +137,8 @@ def main() -> None:
         "# A full-weight swarm larger than RAM (storage: mmap, CPU)", "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), {ram_gb:.1f} GB RAM, no swap, ext4 on a "
-        f"virtual disk; torch {torch.__version__}.", "",
+        f"virtual disk; torch {torch.__version__}; 1-minute load average {load[0]:.0f} at the start, {load[1]:.0f} "
+        "at the end (other jobs share the cores).", "",
         f"SmolLM2-135M-Instruct in fp32 (D = {D:,} numbers per particle), {args.experts} full-weight experts "
         f"(the base + 1% noise), P = {P} particles by crossover, {args.iters} iterations, multiple-choice "
         f"utility on {len(QUESTIONS)} questions (one forward pass per particle, its tensors bound as views of "
