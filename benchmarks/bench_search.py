@@ -119,6 +119,10 @@ def time_swarm(pool_experts, P: int, iters: int, device: str, backend: str | Non
             "snapshot": statistics.median(snaps) if snaps else float("nan")}
 
 
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1e3:.0f} ms"  # NaN: none in the measured iterations
+
+
 def lora_merge(weights: list[float], inputs: list[Path], output: Path) -> None:
     """The reference code's merge: load each operand adapter file, sum weight * tensor per tensor,
     save the result as a new adapter file (its `fast_merge` path: safetensors only, no model)."""
@@ -241,7 +245,7 @@ def main() -> None:
         lines.append(f"| {D:,} | {P} | {kern * 1e3:.1f} ms | {ck['checkpoint'] * 1e3:.0f} ms "
                      f"| {100 * ck['checkpoint'] / kern:,.0f}% | {jour['journal'] * 1e3:.2f} ms "
                      f"| {100 * jour['journal'] / kern:.2f}% | {jour['snapshots']} of {jour['iterations']} "
-                     f"| {jour['snapshot'] * 1e3:.0f} ms |")
+                     f"| {_ms(jour['snapshot'])} |")
     lines += ["", "Overhead = the iteration's own time minus its kernel call, both timed in the same iteration "
               "(host-side Philox draws, restarts, row views for the utility, pbest/gbest/gworst bookkeeping, "
               "the history line); the kernel alone is timed separately and is noisy on shared cores. "
