@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from swarmkern import ops
+from swarmkern.swarm.journal import Journal, Record
 
 P = 20                 # particles (the reference scripts)
 TOKENS = 20_000        # dev-set tokens scored per particle per iteration (~200 questions x 100 tokens)
@@ -76,7 +77,6 @@ def measure(workdir: Path) -> dict[str, float]:
             pass
     disk_r = data.nbytes / (time.perf_counter() - t0)
     path.unlink()
-    from swarmkern.swarm.journal import Journal, Record
     j = Journal(workdir, keep_bytes=0)
     rec = Record(1, [-1.2345678901234] * P, [], [], [], [], 0.95, 12345, 1.5)
     journal_s = _median_time(lambda: j.append(rec), 20)
@@ -140,7 +140,7 @@ def main() -> None:
         m = measure(Path(tmp))
     print({k: f"{v:.4g}" for k, v in m.items()}, flush=True)
     table = rows(m)
-    journal_b = len(b"%08x " % 0) + 260 + 18 * P
+    journal_b = len(Record(1, [-12.345678901234567] * P, [], [], [], [], 0.95, 123456, 1234.5).encode())
     cmd = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
     lines = [
         "# Cost model inputs and per-iteration estimates (docs/SCALE.md)", "",
@@ -152,7 +152,7 @@ def main() -> None:
         f"| RAM copy bandwidth (read + write bytes per second, 256 MiB fp32) | {m['copy'] / 1e9:.1f} GB/s |",
         f"| fused update `ops.pso_step_` (5 x P x D x 4 bytes per second) | {m['kernel'] / 1e9:.1f} GB/s |",
         f"| disk: sequential write + fsync, read (cold) | {m['disk_w'] / 1e9:.2f} GB/s, {m['disk_r'] / 1e9:.2f} GB/s |",
-        f"| one journal record (~{journal_b} bytes at P = {P}), written + fdatasync | {m['journal_s'] * 1e3:.2f} ms |",
+        f"| one journal record ({journal_b} bytes at P = {P}), written + fdatasync | {m['journal_s'] * 1e3:.2f} ms |",
         f"| matmul 2048^3, fp32 / bf16 | {m['fp32'] / 1e9:.0f} / {m['bf16'] / 1e9:.0f} GFLOP/s |", "",
         f"## Per iteration, P = {P} particles, {TOKENS:,} dev tokens per particle", "",
         "Update = read x, v, pbest and write x, v (5 P D b bytes; the pbest copies of improved particles add "
