@@ -60,7 +60,6 @@ def measure(workdir: Path) -> dict[str, float]:
     x, v, p = torch.randn(rows, D), torch.randn(rows, D), torch.randn(rows, D)
     g, w, coef = torch.randn(D), torch.randn(D), torch.full((rows, 4), 0.25)
     kernel = 5 * 4 * rows * D / _median_time(lambda: ops.pso_step_(x, v, p, g, w, coef, 0.5))
-    del x, v, p
     path = workdir / "disk.bin"
     data = torch.randn(128 << 20).view(torch.uint8).numpy()  # 512 MiB
 

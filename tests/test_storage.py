@@ -122,20 +122,11 @@ def test_streaming_safetensors_writer_matches_the_library(tmp_path):
 
 def test_full_weight_utility_reads_mapped_rows(tmp_path):
     """A full-weight swarm over a tiny causal LM scores the same with mapped buffers in blocks of 64."""
-    from transformers import AutoModelForCausalLM
-
-    from swarmkern.testing import cached_tiny_setup
+    from swarmkern.testing import cached_tiny_setup, write_full_weight_experts
     from swarmkern.utilities import build_utility
 
     setup = cached_tiny_setup()
-    paths = []
-    for k in range(3):
-        m = AutoModelForCausalLM.from_pretrained(str(setup.model_dir))
-        sd = {n: (p + 0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(k))).contiguous()
-              for n, p in m.named_parameters() if "layers.3." in n}
-        save_file(sd, str(tmp_path / f"full{k}.safetensors"))
-        paths.append(tmp_path / f"full{k}.safetensors")
-    pool = load_experts(paths)
+    pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 3))
     built = build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]),
                            "model": str(setup.model_dir)}, pool)
     cfg = _config(n_particles=5, max_iters=3, drop_n=0.3)

@@ -39,6 +39,7 @@ import torch
 
 from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
+from swarmkern.streaming import copy_rows_
 
 from . import checkpoint as ckpt
 from . import journal, outputs
@@ -47,7 +48,6 @@ from .config import SwarmConfig
 from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
                          uniforms)
 from .state import STATE_VERSION, Bookkeeping, SwarmBuffers
-from swarmkern.streaming import copy_rows_
 
 Utility = Callable[[torch.Tensor], Any]
 EXPERTS_JSON = "experts.json"
