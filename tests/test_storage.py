@@ -126,7 +126,9 @@ def test_full_weight_utility_reads_mapped_rows(tmp_path):
     from swarmkern.utilities import build_utility
 
     setup = cached_tiny_setup()
-    pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 3))
+    # layers.2 (test_utilities uses layers.3): particle_evaluator caches one evaluator per layout and
+    # shares the model object, which a later LoRA evaluator patches in place
+    pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 3, only="layers.2."))
     built = build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]),
                            "model": str(setup.model_dir)}, pool)
     cfg = _config(n_particles=5, max_iters=3, drop_n=0.3)
