@@ -110,6 +110,23 @@ def write_lora_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return paths
 
 
+def write_full_weight_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike, k: int = 2, *,
+                              only: str = "layers.3.", std: float = 0.2) -> list[Path]:
+    """Write `k` full-weight experts (out_dir/full<i>.safetensors): the parameters of the causal LM in
+    `model_dir` whose names contain `only`, plus seeded noise of scale `std` (seed i)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i in range(k):
+        m = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        sd = {n: (p + std * torch.randn(p.shape, generator=torch.Generator().manual_seed(i))).contiguous()
+              for n, p in m.named_parameters() if only in n}
+        paths.append(Path(out_dir) / f"full{i}.safetensors")
+        save_file(sd, str(paths[-1]))
+    return paths
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -291,19 +291,10 @@ def test_evaluator_is_shared_across_utilities(pool, setup):
 
 def test_full_weight_pool_through_a_utility(setup, tmp_path):
     """Full-weight experts (model tensors in .safetensors) are scored with functional_call."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
     from swarmkern.evaluate.full import FullWeightEvaluator
+    from swarmkern.testing import write_full_weight_experts
 
-    paths = []
-    for k in range(2):
-        m = AutoModelForCausalLM.from_pretrained(str(setup.model_dir))
-        sd = {n: (p + 0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(k))).contiguous()
-              for n, p in m.named_parameters() if "layers.3." in n}
-        save_file(sd, str(tmp_path / f"full{k}.safetensors"))
-        paths.append(tmp_path / f"full{k}.safetensors")
-    pool = load_experts(paths)
+    pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 2))
     with pytest.raises(ValueError, match="utility.model: required"):
         build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"])}, pool)
     built = build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]),

@@ -67,7 +67,26 @@ class SwarmConfig(BaseModel):
     device: str = Field("cpu", description="Device of the swarm buffers (cpu, cuda, cuda:1, ...).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
         "Storage dtype of the swarm buffers (math is fp32): auto = the experts' own float dtype."))
-    checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N iterations (0: never; needs an output dir).")
+    storage: Literal["memory", "mmap"] = Field("memory", description=(
+        "Where x, v and the personal bests live: memory (on `device`), or mmap: memory-mapped files in "
+        "the output directory (buffers/), walked in column blocks, so the swarm may exceed RAM (CPU only; "
+        "docs/SCALE.md)."))
+    block_size: int | None = Field(None, ge=1, description=(
+        "Columns per block when the buffers are walked in blocks (storage: mmap). None: about 64 MiB "
+        "of each buffer per block. randomness: element always uses one block (its random stream is "
+        "keyed by the column)."))
+    checkpoint: bool = Field(True, description=(
+        "With an output dir: journal every iteration (a fsync'ed record of a few hundred bytes) and write "
+        "snapshots of the buffers now and then, so that `resume` continues bit-identically."))
+    snapshot_every: int = Field(0, ge=0, description=(
+        "Also snapshot every N iterations (0: only by snapshot_seconds / snapshot_budget). Resume replays "
+        "the kernel steps of the iterations since the last snapshot."))
+    snapshot_seconds: float | None = Field(None, gt=0, description=(
+        "Snapshot once this many seconds have passed since the last one (None: by snapshot_budget)."))
+    snapshot_budget: float = Field(0.05, gt=0, le=1, description=(
+        "Without snapshot_seconds: snapshot once the last snapshot's duration is at most this fraction "
+        "of the time since it started, so snapshots take at most about this share of the run. A "
+        "snapshot is also written after the initial evaluation and at the end."))
     progress: bool = Field(True, description="Show a progress bar.")
 
     @model_validator(mode="after")
