@@ -4,6 +4,7 @@
     swarm:    SwarmConfig fields                              the search's hyperparameters
     utility:  {type: ..., ...}                                the objective (swarmkern.utilities registry)
     output:   {dir: ..., overwrite: false, plot: true}        where results go
+    sweep:    SweepSection fields (optional)                  `swarmkern sweep`: S searches in lockstep
 
 Relative paths are relative to the YAML file. Unknown or ill-typed fields raise ConfigError with a
 one-line message naming the file and the field. `overrides` ("swarm.max_iters=5") replace fields
@@ -14,11 +15,12 @@ from __future__ import annotations
 import glob as globlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swarmkern.swarm.config import SwarmConfig
+from swarmkern.swarm.sweep import SweepSpace
 
 RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved in the output dir (read by resume)
 
@@ -41,13 +43,32 @@ class OutputSection(BaseModel):
     overwrite: bool = Field(False, description="Start afresh even if the directory holds a run.")
 
 
+class SweepSection(SweepSpace):
+    """`swarmkern sweep`: the configurations (SweepSpace: a grid or random draws varying `swarm:` fields)
+    and how the winner is chosen: on dev (the searches' own utility) or on a `select` split carved
+    from dev (seeded) that the searches never see."""
+    select: Literal["dev", "split"] = Field("dev", description=(
+        "dev: the best final dev utility wins; split: hold out a part of dev, search on the rest, and "
+        "the best utility on the held-out part wins."))
+    select_fraction: float = Field(0.3, gt=0, lt=1, description="split: the fraction of dev held out.")
+    select_size: int | None = Field(None, ge=1, description="split: the number of dev examples held out (overrides the fraction).")
+    select_seed: int = Field(0, ge=0, lt=2 ** 64, description="split: key of the draw that picks the held-out examples.")
+
+    @model_validator(mode="after")
+    def _select_options(self) -> "SweepSection":
+        if self.select == "dev" and self.select_size is not None:
+            raise ValueError("select_size: only used with select: split")
+        return self
+
+
 class RunConfig(BaseModel):
-    """A whole search: experts, swarm hyperparameters, utility, output."""
+    """A whole search: experts, swarm hyperparameters, utility, output (and, for `swarmkern sweep`, sweep)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     experts: ExpertsSection
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     utility: dict[str, Any]
     output: OutputSection
+    sweep: SweepSection | None = Field(None, description="The configurations of `swarmkern sweep` (ignored by search).")
 
     @field_validator("utility")
     @classmethod
@@ -240,4 +261,55 @@ def resume_search(output_dir: str | Path, *, collective=None):
     result = swarm.run()
     if swarm.collective.rank == 0:
         built.finalize(output_dir)
+    return result
+
+
+SELECT_DIR = "select"  # a sweep's carved select split: search.jsonl, select.jsonl (see utilities/holdout.py)
+
+
+def _sweep_utilities(config: RunConfig, pool, out: Path):
+    """(built utility of the searches, select scorer or None, select info or None) of a sweep."""
+    from swarmkern.utilities import build_utility
+
+    sweep = config.sweep
+    if sweep.select == "dev":
+        return build_utility(config.utility, pool), None, None
+    from swarmkern.utilities.holdout import carve_select
+
+    search_spec, select_spec, info = carve_select(config.utility, out / SELECT_DIR, fraction=sweep.select_fraction,
+                                                  size=sweep.select_size, seed=sweep.select_seed)
+    return build_utility(search_spec, pool), build_utility(select_spec, pool).dev, info
+
+
+def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
+    """Run (or, with resume, continue) the sweep of a RunConfig: every configuration of `config.sweep`
+    applied to `config.swarm`, in lockstep; returns the SweepResult."""
+    from swarmkern.flat import load_experts
+    from swarmkern.swarm.checkpoint import atomic_write_json
+    from swarmkern.swarm.sweep import Sweep
+
+    if config.sweep is None:
+        raise ConfigError("sweep: the config has no `sweep:` section (see docs/CONFIG.md)")
+    out = Path(config.output.dir)
+    try:
+        configs = config.sweep.expand(config.swarm)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    pool = load_experts(config.expert_sources(), names=config.experts.names)
+    built, select, info = _sweep_utilities(config, pool, out)
+    rank0 = collective is None or collective.rank == 0
+    if resume:
+        sweep = Sweep.resume(out, built.dev, test_utility=built.test, select_utility=select, collective=collective,
+                             pool=pool, progress=config.swarm.progress)
+    else:
+        sweep = Sweep(configs, pool, built.dev, test_utility=built.test, select_utility=select, output_dir=out,
+                      collective=collective, overwrite=config.output.overwrite, batch_size=config.swarm.batch_size,
+                      progress=config.swarm.progress)
+        if rank0:
+            save_run_config(config, out)
+            if info is not None:
+                atomic_write_json(out / SELECT_DIR / "split.json", info, indent=1)
+    result = sweep.run()
+    if rank0:
+        built.finalize(out)
     return result
