@@ -330,3 +330,17 @@ def test_sharded_sweep_matches_one_process(tmp_path):
     assert shards == {"0.safetensors", "1.safetensors"}
     assert torch.equal(load_file(str(tmp_path / "one" / "best.safetensors"))["w"],
                        load_file(str(tmp_path / "two" / "best.safetensors"))["w"])
+
+
+# -- documented defaults ------------------------------------------------------------------------------
+@pytest.mark.parametrize("doc", ["README.md", "docs/CONFIG.md"])
+def test_documented_swarm_defaults_are_the_code_defaults(doc):
+    """The complete config shown in the docs lists every SwarmConfig field with the code's default."""
+    import re
+
+    text = (Path(__file__).parent.parent / doc).read_text()
+    block = re.search(r"```yaml\n(experts:.*?)```", text, re.S).group(1)
+    shown = yaml.safe_load(block)["swarm"]
+    code = SwarmConfig().model_dump(mode="json")
+    assert set(shown) == set(code)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()} == code
