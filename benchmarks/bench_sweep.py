@@ -1,10 +1,11 @@
 """A sweep of S configurations in lockstep against the same S searches run one after another.
 
     python benchmarks/bench_sweep.py                                   # tiny model pool; writes benchmarks/results/sweep_cpu.md
-    python benchmarks/bench_sweep.py --config OUT/compare.yaml --out benchmarks/results/sweep_demo_cpu.md
-                                                                       # the demo's experts and quiz (swarmkern demo)
+    python benchmarks/bench_sweep.py --demo --out benchmarks/results/sweep_demo_cpu.md
+                                 # the demo's cached experts (built by `swarmkern demo`) with the demo's scorer
+    python benchmarks/bench_sweep.py --config OUT/compare.yaml   # any experts + utility from a run/compare config
 
-Both sides score the same multiple_choice utility object (one evaluator, built and warmed up once) with
+Both sides score the same utility object (multiple_choice, or the demo's first-token scorer with --demo) (one evaluator, built and warmed up once) with
 the same S SwarmConfigs (SweepSpace random draws from the authors' ranges, `--iters` iterations, no early
 stop, no output directory), so both do the same evaluations; the sweep scores the rows of all S swarms in
 one utility call per iteration. Reported: wall seconds of each side (median of `--repeats`, the sides
@@ -46,14 +47,41 @@ def from_config(path: Path) -> tuple[list[str], dict]:
     return cfg.expert_sources(), dict(cfg.utility)
 
 
+def demo_setup(n_dev: int) -> tuple[object, object, str]:
+    """The demo's cached experts (and its base-init adapter) and its dev scorer on `n_dev` quiz questions."""
+    from swarmkern.demo import tasks
+    from swarmkern.demo.model import cache_root, load_base, prompt_template, resolve_model_dir
+    from swarmkern.demo.pipeline import DemoConfig
+    from swarmkern.demo.scoring import ChoiceAccuracy
+    from swarmkern.demo.stack import SplitModel, encode
+    from swarmkern.flat import load_experts
+
+    cfg = DemoConfig(n_dev=n_dev)
+    model_dir = resolve_model_dir(cfg.model, cfg.tiny, cfg.cache, print)
+    root = cache_root(cfg.cache) / "experts" / cfg.expert_key(model_dir)
+    if not (root / "meta.json").is_file():
+        sys.exit(f"no cached demo experts in {root}: run `swarmkern demo` first")
+    model, tokenizer = load_base(model_dir)
+    split = SplitModel(model, min(cfg.n_top, model.config.num_hidden_layers), dtype=getattr(torch, cfg.dtype))
+    prompt = prompt_template(tokenizer)
+    names = [f"expert_{k}" for k in range(cfg.n_experts)] + ["base_init"]
+    pool = load_experts([str(root / n) for n in names], names=names)
+    dev, _, _ = tasks.target_splits(cfg.n_dev, cfg.n_test, seed=1 + cfg.seed)
+    enc = encode(tokenizer, dev, prompt)
+    utility = ChoiceAccuracy(split, pool.layout, cfg.alpha / cfg.rank, enc, split.lower(enc))
+    return pool, utility, (f"the demo's experts: SmolLM2-135M, {cfg.n_experts} LoRA experts + the base init, "
+                           f"{len(enc.answer)} dev quiz questions, the demo's {cfg.dtype} first-token scorer")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
+    ap.add_argument("--demo", action="store_true", help="the demo's cached experts and scorer")
     ap.add_argument("--configs", type=int, default=8, help="S: configurations")
     ap.add_argument("--particles", type=int, default=10)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--experts", type=int, default=6, help="tiny pool: experts")
-    ap.add_argument("--dev", type=int, default=32, help="tiny pool: dev questions")
+    ap.add_argument("--dev", type=int, default=32, help="tiny pool / --demo: dev questions")
     ap.add_argument("--max-examples", type=int, default=None, help="--config: use the first N dev questions")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep_cpu.md")
@@ -63,16 +91,19 @@ def main() -> None:
     from swarmkern.utilities import build_utility
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")
-    if args.config is None:
-        sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
-        pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
+    if args.demo:
+        pool, utility, pool_name = demo_setup(args.dev)
     else:
-        sources, spec = from_config(args.config)
-        if args.max_examples:
-            spec["max_examples"] = args.max_examples
-        pool_name = f"{args.config.name}: {len(sources)} experts, utility {spec['type']}"
-    pool = load_experts(sources)
-    utility = build_utility(spec, pool).dev
+        if args.config is None:
+            sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
+            pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
+        else:
+            sources, spec = from_config(args.config)
+            if args.max_examples:
+                spec["max_examples"] = args.max_examples
+            pool_name = f"{args.config.name}: {len(sources)} experts, utility {spec['type']}"
+        pool = load_experts(sources)
+        utility = build_utility(spec, pool).dev
     base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=10 ** 6, progress=False)
     configs = SweepSpace(n=args.configs, seed=0).expand(base)
     Swarm(base.model_copy(update={"max_iters": 1}), pool, utility).run()  # warm-up: evaluator, kernels

@@ -2,13 +2,13 @@
 and sweep.png (final dev, select and test utility per configuration)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from swarmkern.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from .config import SwarmConfig
+from .outputs import figure_png
 from .search import SwarmResult
 
 SWEEP_JSON = "sweep.json"
@@ -97,13 +97,7 @@ def plot_sweep(summary: dict[str, Any]) -> bytes:
     ax.set_ylabel("utility")
     ax.set_xticks(xs)
     ax.set_title(f"Sweep of {len(xs)}: {', '.join(summary['varied_fields']) or 'no varied field'}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, ax)
 
 
 def write_sweep_outputs(output_dir: Path, summary: dict[str, Any]) -> None:
