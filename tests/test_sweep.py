@@ -93,9 +93,19 @@ def _counting(fn, log):
     return utility
 
 
-@pytest.mark.parametrize("batch_size", [None, 9])
-def test_lockstep_swarms_follow_their_lone_trajectories_in_shared_calls(batch_size):
-    configs = SweepSpace(n=4, seed=0).expand(BASE)
+SPACES = {
+    "authors": SweepSpace(n=4, seed=0),
+    "sizes": SweepSpace(mode="grid", grid={"n_particles": [5, 9], "include_base": [False, True],
+                                           "drop_k": [0.0, 0.4], "randomness": ["element"]}),
+}
+
+
+@pytest.mark.parametrize("space, batch_size", [("authors", None), ("authors", 9), ("sizes", None), ("sizes", 4)])
+def test_lockstep_swarms_follow_their_lone_trajectories_in_shared_calls(space, batch_size):
+    """Swarms of different sizes, with skipped iterations, stop at different times: each one still
+    follows its lone trajectory, and the rows of all of them share the utility calls."""
+    configs = SPACES[space].expand(BASE)
+    S = len(configs)
     shared: list[int] = []
     sweep = Sweep(configs, _points(), _counting(neg_rastrigin, shared), batch_size=batch_size, progress=False)
     result = sweep.run()
@@ -112,7 +122,7 @@ def test_lockstep_swarms_follow_their_lone_trajectories_in_shared_calls(batch_si
         assert len(shared) == rounds < len(lone_calls)                     # ... in one call per round
     else:
         assert max(shared) <= batch_size and result.summary["utility_calls"] == len(shared)
-    assert result.winner == max(range(4), key=lambda i: (result.entries[i]["best_dev"], -i))
+    assert result.winner == max(range(S), key=lambda i: (result.entries[i]["best_dev"], -i))
     assert result.selected_on == "dev"
 
 
