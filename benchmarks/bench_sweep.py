@@ -1,7 +1,7 @@
 """A sweep of S configurations in lockstep against the same S searches run one after another.
 
     python benchmarks/bench_sweep.py                                   # tiny model pool; writes benchmarks/results/sweep_cpu.md
-    python benchmarks/bench_sweep.py --demo --out benchmarks/results/sweep_demo_cpu.md
+    python benchmarks/bench_sweep.py --demo CACHE/experts/KEY --out benchmarks/results/sweep_demo_cpu.md
                                  # the demo's cached experts (built by `swarmkern demo`) with the demo's scorer
     python benchmarks/bench_sweep.py --config OUT/compare.yaml   # any experts + utility from a run/compare config
 
@@ -47,36 +47,24 @@ def from_config(path: Path) -> tuple[list[str], dict]:
     return cfg.expert_sources(), dict(cfg.utility)
 
 
-def demo_setup(n_dev: int) -> tuple[object, object, str]:
-    """The demo's cached experts (and its base-init adapter) and its dev scorer on `n_dev` quiz questions."""
+def demo_setup(experts_dir: Path, n_dev: int) -> tuple[object, object, str]:
+    """The demo's cached experts (with their base init) and the demo's dev scorer on `n_dev` quiz questions."""
     from swarmkern.demo import tasks
-    from swarmkern.demo.model import cache_root, load_base, prompt_template, resolve_model_dir
-    from swarmkern.demo.pipeline import DemoConfig
-    from swarmkern.demo.scoring import ChoiceAccuracy
-    from swarmkern.demo.stack import SplitModel, encode
-    from swarmkern.flat import load_experts
 
-    cfg = DemoConfig(n_dev=n_dev)
-    model_dir = resolve_model_dir(cfg.model, cfg.tiny, cfg.cache, print)
-    root = cache_root(cfg.cache) / "experts" / cfg.expert_key(model_dir)
-    if not (root / "meta.json").is_file():
-        sys.exit(f"no cached demo experts in {root}: run `swarmkern demo` first")
-    model, tokenizer = load_base(model_dir)
-    split = SplitModel(model, min(cfg.n_top, model.config.num_hidden_layers), dtype=getattr(torch, cfg.dtype))
-    prompt = prompt_template(tokenizer)
-    names = [f"expert_{k}" for k in range(cfg.n_experts)] + ["base_init"]
-    pool = load_experts([str(root / n) for n in names], names=names)
-    dev, _, _ = tasks.target_splits(cfg.n_dev, cfg.n_test, seed=1 + cfg.seed)
-    enc = encode(tokenizer, dev, prompt)
-    utility = ChoiceAccuracy(split, pool.layout, cfg.alpha / cfg.rank, enc, split.lower(enc))
-    return pool, utility, (f"the demo's experts: SmolLM2-135M, {cfg.n_experts} LoRA experts + the base init, "
-                           f"{len(enc.answer)} dev quiz questions, the demo's {cfg.dtype} first-token scorer")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from demo_pool import load_demo_pool
+
+    pool, make_scorer, k = load_demo_pool(experts_dir)
+    dev, _, _ = tasks.target_splits(n_dev, 10, seed=1)
+    return pool, make_scorer(dev), (f"the demo's experts: SmolLM2-135M-Instruct, {k} LoRA experts + the base init, "
+                                    f"{n_dev} dev quiz questions, the demo's bf16 first-token scorer")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
-    ap.add_argument("--demo", action="store_true", help="the demo's cached experts and scorer")
+    ap.add_argument("--demo", type=Path, default=None, metavar="EXPERTS_DIR",
+                    help="a cached demo pool (expert_*/, base_init/) scored by the demo's scorer")
     ap.add_argument("--configs", type=int, default=8, help="S: configurations")
     ap.add_argument("--particles", type=int, default=10)
     ap.add_argument("--iters", type=int, default=8)
@@ -92,7 +80,7 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")
     if args.demo:
-        pool, utility, pool_name = demo_setup(args.dev)
+        pool, utility, pool_name = demo_setup(args.demo, args.dev)
     else:
         if args.config is None:
             sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
@@ -125,7 +113,7 @@ def main() -> None:
     seq_evals = sum(r.summary["evaluations"] for r in seq)
     a, b = statistics.median(seq_s), statistics.median(sweep_s)
     same = sum(x == y for x, y in zip(seq_best, sweep_best))
-    cmd = "python benchmarks/bench_sweep.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/bench_sweep.py " + " ".join("EXPERTS_DIR" if a.startswith("/") else a for a in sys.argv[1:])
     lines = [
         f"Command: `{cmd.strip()}`", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "

@@ -18,11 +18,20 @@ from typing import Any
 
 from swarmkern.atomic import atomic_write_text
 
-__all__ = ["carve_select", "SelectSplitError"]
+__all__ = ["carve_select", "select_positions", "SelectSplitError"]
 
 
 class SelectSplitError(ValueError):
     """The utility cannot be split (no dev file) or the split would leave a part empty."""
+
+
+def select_positions(n: int, k: int, seed: int) -> list[int]:
+    """The k of n example positions (ascending) that form the select split: the k lowest Philox
+    uniforms keyed by (seed, position); the same for every caller, so any dataset can be split alike."""
+    from swarmkern.swarm.randomness import Purpose, uniforms
+
+    keys = uniforms(seed, Purpose.SELECT_SPLIT, range(n), 0)[:, 0].tolist()
+    return sorted(sorted(range(n), key=lambda i: (keys[i], i))[:k])
 
 
 def _dev_lines(path: Path, limit: int | None) -> list[tuple[int, str]]:
@@ -43,8 +52,6 @@ def _example_id(lineno: int, line: str) -> str:
 
 def _carve_file(spec: dict[str, Any], where: str, out_dir: Path, *, fraction: float, size: int | None,
                 seed: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    from swarmkern.swarm.randomness import Purpose, uniforms
-
     dev = spec.get("dev")
     if not isinstance(dev, str):
         raise SelectSplitError(f"{where}: a select split is carved from a dev JSONL file, and utility type "
@@ -55,8 +62,7 @@ def _carve_file(spec: dict[str, Any], where: str, out_dir: Path, *, fraction: fl
     if not 0 < k < n:
         raise SelectSplitError(f"{where}: a select split of {k} leaves no examples on one side of the {n} dev "
                                "examples; change sweep.select_fraction / select_size")
-    keys = uniforms(seed, Purpose.SELECT_SPLIT, range(n), 0)[:, 0].tolist()
-    chosen = set(sorted(range(n), key=lambda i: (keys[i], i))[:k])
+    chosen = set(select_positions(n, k, seed))
     parts = {"search": [lines[i] for i in range(n) if i not in chosen],
              "select": [lines[i] for i in range(n) if i in chosen]}
     out_dir.mkdir(parents=True, exist_ok=True)
