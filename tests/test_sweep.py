@@ -3,7 +3,6 @@ trajectory bit for bit), the winner on dev or on a select split, outputs, resume
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess

@@ -299,7 +299,7 @@ class Sweep:
 
     # -- the end ---------------------------------------------------------------------------------------
     def _finish(self, start: float) -> SweepResult:
-        coll, rank0 = self.collective, self.collective.rank == 0
+        rank0 = self.collective.rank == 0
         results = [s.finish() for s in self.swarms]
         bests = torch.stack([s.best for s in self.swarms])  # [S, D] (gbest is on every process)
         test = self._score_shared(self.test_utility, bests)
