@@ -8,7 +8,7 @@ The experts are a cached `swarmkern demo` pool (expert_*/ and base_init/, PEFT a
 of SmolLM2-135M-Instruct); the utility is the demo's first-token multiple-choice scorer (ChoiceAccuracy).
 For each seed s: the quiz is `tasks.target_splits(n_dev, n_test, seed=1 + s)` (as the demo), the swarms
 use seed s. Settings that are not swept are the same for every search (`--particles`, `--iters`,
-`--patience`, include_base); the sweep draws `--configs` configurations from the authors' ranges.
+`--patience`; the base init is one of the starting particles); the sweep draws `--configs` configurations from the authors' ranges.
 select split: `--select-fraction` of dev held out (select_positions, seed s), the sweep searches on the
 rest and the winner is the best on the held-out part; its dev accuracy is reported on the whole dev set.
 Test is scored only on final answers, for this report.
@@ -52,7 +52,7 @@ def main() -> None:
     pool, scorer, n_experts = load_demo_pool(args.experts_dir, args.model, args.dtype)
     names = pool.names
 
-    base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=args.patience, include_base=True,
+    base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=args.patience,
                        progress=False)
     rows, t_all = [], time.perf_counter()
     for seed in args.seeds:
@@ -85,11 +85,11 @@ def main() -> None:
         print(row, flush=True)
 
     methods = ["best single expert", "default search", "sweep, chosen on dev", "sweep, chosen on select split"]
-    cmd = "python benchmarks/study_sweep_demo.py " + " ".join("EXPERTS_DIR" if a.startswith("/") else a for a in sys.argv[1:])
+    cmd = "python benchmarks/study_sweep_demo.py " + " ".join("PATH" if a.startswith("/") else a for a in sys.argv[1:])
     lines = [f"Command: `{cmd}`", "",
              f"The demo's experts ({len(names) - 1} LoRA experts + base init, SmolLM2-135M-Instruct), the demo's "
              f"first-token scorer ({args.dtype}); quiz of {args.dev} dev / {args.test} test questions per seed; "
-             f"{args.particles} particles, at most {args.iters} iterations, patience {args.patience}, include_base; "
+             f"{args.particles} particles, at most {args.iters} iterations, patience {args.patience}; "
              f"sweep of {args.configs} draws from the authors' ranges; select split {args.select_fraction:.0%} of dev.",
              "", "| seed | " + " | ".join(f"{m} dev / test" for m in methods) + " |",
              "| --- |" + " --- |" * len(methods)]
