@@ -4,6 +4,7 @@
     swarm:    SwarmConfig fields                              the search's hyperparameters
     utility:  {type: ..., ...}                                the objective (swarmkern.utilities registry)
     output:   {dir: ..., overwrite: false}                     where results go
+    sweep:    SweepSection fields (optional)                  `swarmkern sweep`: S searches in lockstep
 
 Relative paths are relative to the YAML file. Unknown or ill-typed fields raise ConfigError with a
 one-line message naming the file and the field. `overrides` ("swarm.max_iters=5") replace fields
@@ -15,12 +16,13 @@ from __future__ import annotations
 import glob as globlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swarmkern.configfile import first_error, resolve_path_fields
 from swarmkern.swarm.config import SwarmConfig
+from swarmkern.swarm.sweep import SweepSpace
 
 class ConfigError(ValueError):
     """A bad run config; the message is one line naming the file and field."""
@@ -40,13 +42,32 @@ class OutputSection(BaseModel):
     overwrite: bool = Field(False, description="Start afresh even if the directory holds a run.")
 
 
+class SweepSection(SweepSpace):
+    """`swarmkern sweep`: the configurations (SweepSpace: a grid or random draws varying `swarm:` fields)
+    and how the winner is chosen: on dev (the searches' own utility) or on a `select` split carved
+    from dev (seeded) that the searches never see."""
+    select: Literal["dev", "split"] = Field("dev", description=(
+        "dev: the best final dev utility wins; split: hold out a part of dev, search on the rest, and "
+        "the best utility on the held-out part wins."))
+    select_fraction: float = Field(0.3, gt=0, lt=1, description="split: the fraction of dev held out.")
+    select_size: int | None = Field(None, ge=1, description="split: the number of dev examples held out (overrides the fraction).")
+    select_seed: int = Field(0, ge=0, lt=2 ** 64, description="split: key of the draw that picks the held-out examples.")
+
+    @model_validator(mode="after")
+    def _select_options(self) -> "SweepSection":
+        if self.select == "dev" and self.select_size is not None:
+            raise ValueError("select_size: only used with select: split")
+        return self
+
+
 class RunConfig(BaseModel):
-    """A whole search: experts, swarm hyperparameters, utility, output."""
+    """A whole search: experts, swarm hyperparameters, utility, output (and, for `swarmkern sweep`, sweep)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     experts: ExpertsSection
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     utility: dict[str, Any]
     output: OutputSection
+    sweep: SweepSection | None = Field(None, description="The configurations of `swarmkern sweep` (ignored by search).")
 
     @field_validator("utility")
     @classmethod

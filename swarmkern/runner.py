@@ -7,6 +7,7 @@ chooses between them on every rank of a torchrun job.
     launch_search(config, resume_if_exists=False)   `swarmkern search`: start or resume, one process
                                   or every rank of a torchrun job
     launch_resume(output_dir)     `swarmkern resume`
+    run_sweep(config)             `swarmkern sweep`: the searches of the `sweep:` section in lockstep
 
 The config module (swarmkern/config.py) only parses and validates; the process-group transport is
 swarmkern/distributed.py. Rank 0 decides (start, resume or refuse) and every rank follows.
@@ -22,8 +23,8 @@ from swarmkern.atomic import atomic_write_bytes, atomic_write_json
 from swarmkern.config import ConfigError, RunConfig, load_run_config
 from swarmkern.distributed import LaunchEnv, TorchDistributedCollective, distributed_session, launch_env
 
-__all__ = ["RUN_CONFIG_NAME", "LAUNCH_JSON", "save_run_config", "run_search", "resume_search", "launch_search",
-           "launch_resume"]
+__all__ = ["RUN_CONFIG_NAME", "LAUNCH_JSON", "SELECT_DIR", "save_run_config", "run_search", "resume_search",
+           "run_sweep", "launch_search", "launch_resume"]
 
 RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved in the output dir (read by resume)
 LAUNCH_JSON = "launch.json"  # written by rank 0 of a run started under torchrun (auto-resume on restarts)
@@ -83,6 +84,56 @@ def resume_search(output_dir: str | Path, *, collective=None):
 
 
 # -- launch policy under torchrun: start or resume, on every rank -----------------------------------------
+SELECT_DIR = "select"  # a sweep's carved select split: search.jsonl, select.jsonl (see utilities/holdout.py)
+
+
+def _sweep_utilities(config: RunConfig, pool, out: Path):
+    """(built utility of the searches, select scorer or None, select info or None) of a sweep."""
+    from swarmkern.utilities import build_utility
+
+    sweep = config.sweep
+    if sweep.select == "dev":
+        return build_utility(config.utility, pool), None, None
+    from swarmkern.utilities.holdout import carve_select
+
+    search_spec, select_spec, info = carve_select(config.utility, out / SELECT_DIR, fraction=sweep.select_fraction,
+                                                  size=sweep.select_size, seed=sweep.select_seed)
+    return build_utility(search_spec, pool), build_utility(select_spec, pool).dev, info
+
+
+def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
+    """Run (or, with resume, continue) the sweep of a RunConfig: every configuration of `config.sweep`
+    applied to `config.swarm`, in lockstep; returns the SweepResult."""
+    from swarmkern.flat import load_experts
+    from swarmkern.swarm.sweep import Sweep
+
+    if config.sweep is None:
+        raise ConfigError("sweep: the config has no `sweep:` section (see docs/CONFIG.md)")
+    out = Path(config.output.dir)
+    try:
+        configs = config.sweep.expand(config.swarm)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    pool = load_experts(config.expert_sources(), names=config.experts.names)
+    built, select, info = _sweep_utilities(config, pool, out)
+    rank0 = collective is None or collective.rank == 0
+    if resume:
+        sweep = Sweep.resume(out, built.dev, test_utility=built.test, select_utility=select, collective=collective,
+                             pool=pool, progress=config.swarm.progress)
+    else:
+        sweep = Sweep(configs, pool, built.dev, test_utility=built.test, select_utility=select, output_dir=out,
+                      collective=collective, overwrite=config.output.overwrite, batch_size=config.swarm.batch_size,
+                      progress=config.swarm.progress)
+        if rank0:
+            save_run_config(config, out)
+            if info is not None:
+                atomic_write_json(out / SELECT_DIR / "split.json", info, indent=1)
+    result = sweep.run()
+    if rank0:
+        built.finalize(out)
+    return result
+
+
 def _check_device(config: Any, env: LaunchEnv | None) -> None:
     """An explicit cuda:N would put every local rank on the same GPU."""
     if env is None or env.local_world_size <= 1:

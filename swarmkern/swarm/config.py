@@ -1,4 +1,6 @@
-"""SwarmConfig: every knob of the search, validated and documented (defaults = the reference code)."""
+"""SwarmConfig: every knob of the search, validated and documented. Each default is the authors' reference
+code's (the values their run scripts set instead are named in the descriptions); batch_size and the
+execution fields are swarmkern's own."""
 from __future__ import annotations
 
 from typing import Literal
@@ -14,8 +16,9 @@ class SwarmConfig(BaseModel):
 
     # -- population ---------------------------------------------------------------------------
     n_particles: int | None = Field(None, ge=2, description=(
-        "Populate the swarm by crossover to this many particles (the reference scripts: 20 from 10 "
-        "experts). None: the experts (and the base, with include_base) are the particles."))
+        "Populate the swarm by crossover to this many particles. None (the reference code's default, "
+        "populate off): the experts (and the base, with include_base) are the particles. The authors' "
+        "run scripts populate 10 experts to 20."))
     crossover_weight: tuple[float, float] = Field((0.0, 2.0), description=(
         "Range of w1 for children w1*a + (1-w1)*b: (0, 2) is half interpolation, half extrapolation."))
     include_base: bool = Field(False, description=(
