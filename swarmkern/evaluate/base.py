@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .layer_cache import LowerLayerCache, SkipLayer
+
 __all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
 
 
@@ -138,6 +140,8 @@ class ParticleEvaluator:
         self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
+        self.layer_cache = LowerLayerCache()  # lower layers' outputs across calls (layer_cache.py)
+        self._lower_tuple_len: int | None | str = "unknown"  # what a lower layer returns (for SkipLayer)
 
     # -- binding -----------------------------------------------------------------------------
     @property
@@ -292,9 +296,53 @@ class ParticleEvaluator:
         if not shared and pb > 1:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self._expanding(n if shared else None, pb):
+        cached = self._lower_cached(ids, mask) if shared or pb == 1 else contextlib.nullcontext()
+        with self._expanding(n if shared else None, pb), cached:
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
                               cache=None, select=sel, tokens=tokens)
+
+    @contextlib.contextmanager
+    def _lower_cached(self, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+        """Serve the layers below the first adapted one from the cross-call cache for this batch of
+        examples [n, T] (they are then skipped), or record their output on a miss. Off (a no-op) when
+        nothing is shared below the adapted layers or the cache limit is 0."""
+        if self.shared_layers is None or self.shared_layers[1] == 0 or self.layer_cache.limit_bytes <= 0:
+            yield
+            return
+        layers, first = self.shared_layers
+        key = self.layer_cache.key(ids, mask)
+        hit = self.layer_cache.get(key) if self._lower_tuple_len != "unknown" else None
+        handles = []
+        if hit is None:
+            def record(module, args, kwargs):
+                self.layer_cache.put(key, args[0] if args else kwargs["hidden_states"])
+
+            def output_kind(module, args, out):
+                self._lower_tuple_len = len(out) if isinstance(out, tuple) else None
+            handles.append(layers[first].register_forward_pre_hook(record, with_kwargs=True, prepend=True))
+            handles.append(layers[first - 1].register_forward_hook(output_kind))
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+            return
+
+        def serve(module, args, kwargs):
+            if args:
+                return (hit, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hit}
+        originals = [layers[i] for i in range(first)]
+        for i, layer in enumerate(originals):
+            layers[i] = SkipLayer(layer, self._lower_tuple_len)
+        handles.append(layers[first].register_forward_pre_hook(serve, with_kwargs=True, prepend=True))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for i, layer in enumerate(originals):
+                layers[i] = layer
 
     @torch.inference_mode()
     def next_token_logits(self, rows: torch.Tensor | None, contexts: Sequence[Sequence[int]],
