@@ -141,6 +141,7 @@ class ParticleEvaluator:
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
         self.layer_cache = LowerLayerCache()  # lower layers' outputs across calls (layer_cache.py)
+        self.tail_mlp = _last_layer_mlp(model)  # computed only where something is scored (_trimmed_tail)
         self._lower_tuple_len: int | None | str = "unknown"  # what a lower layer returns (for SkipLayer)
 
     # -- binding -----------------------------------------------------------------------------
@@ -297,9 +298,40 @@ class ParticleEvaluator:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         cached = self._lower_cached(ids, mask) if shared or pb == 1 else contextlib.nullcontext()
-        with self._expanding(n if shared else None, pb), cached:
+        with self._expanding(n if shared else None, pb), cached, self._trimmed_tail(sel, pb):
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
                               cache=None, select=sel, tokens=tokens)
+
+    @contextlib.contextmanager
+    def _trimmed_tail(self, sel: torch.Tensor, pb: int) -> Iterator[None]:
+        """Run the last decoder layer's MLP only at the flat positions `sel` (particle-major indices into
+        the last layer's [B*T] rows): nothing else reads that layer's output, and an MLP is position-wise,
+        so the other positions get zeros instead of values nobody uses. The MLP is most of a layer's
+        arithmetic, so this saves most of one layer per pass."""
+        if self.tail_mlp is None:
+            yield
+            return
+        shape: list = []
+
+        def pick(module, args):
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] * x.shape[1] <= int(sel.max()):
+                return None
+            shape[:] = [x.shape]
+            return (x.reshape(-1, x.shape[-1]).index_select(0, sel).view(pb, -1, x.shape[-1]), *args[1:])
+
+        def spread(module, args, out):
+            if not shape:
+                return None
+            (B, T, _), y = shape.pop(), out
+            full = y.new_zeros(B * T, y.shape[-1]).index_copy_(0, sel, y.reshape(-1, y.shape[-1]))
+            return full.view(B, T, -1)
+        handles = [self.tail_mlp.register_forward_pre_hook(pick), self.tail_mlp.register_forward_hook(spread)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @contextlib.contextmanager
     def _lower_cached(self, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
@@ -523,6 +555,21 @@ class ParticleEvaluator:
         finally:
             self._expand = None
             self._memo = {}
+
+
+def _last_layer_mlp(model: nn.Module) -> nn.Module | None:
+    """The MLP (`mlp` submodule: position-wise, [B, T, H] -> [B, T, H]) of the decoder's last layer, or
+    None when the decoder has no layer list of config.num_hidden_layers layers with one."""
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None
+    n = getattr(model.config, "num_hidden_layers", None)
+    for mod in decoder.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n:
+            mlp = getattr(mod[-1], "mlp", None)
+            return mlp if isinstance(mlp, nn.Module) else None
+    return None
 
 
 def _as_list(x) -> list[int]:
