@@ -81,6 +81,11 @@ def test_scoring_and_generation_match_peft_on_other_families(tmp_path, family):
     ev, rows, _ = check_against_peft(tmp_path / "model", dirs)
     req = encode_requests(tok, ["Q: 3+4?\nA:"] * 2 + ["Hi"] * 2, [" 7", " seven", " there", "!"])
     ll = ev.loglikelihood(rows, req, micro_batch=3)
+    hits = ev.layer_cache.hits
+    # again: both passes (context prefill, continuations) now skip the lower layer (cached, placeholders
+    # in the KV cache below the adapted layers), with the same result
+    torch.testing.assert_close(ev.loglikelihood(rows, req, micro_batch=3), ll, rtol=1e-6, atol=1e-6)
+    assert ev.layer_cache.hits > hits
     prompts = [tok(t)["input_ids"] for t in ["Hi", "What is 3+4?", "abc def ghi"]]
     texts = ev.generate(rows, prompts, max_new_tokens=6, micro_batch=4)
     assert sum(len(t) for row in texts for t in row) >= 6 * len(prompts)  # real text, not empty strings
