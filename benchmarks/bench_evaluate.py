@@ -72,7 +72,7 @@ def peft_loglik(model, tok, exs, prompt: str, batch: int) -> torch.Tensor:
         for i, x in enumerate(part):
             k = n_cont[s + i]
             ll[s + i] = logp[i, len(x) - k - 1:len(x) - 1].gather(1, torch.tensor(x[len(x) - k:])[:, None]).sum()
-    best, correct, at = None, 0, 0
+    correct, at = 0, 0
     for ex in exs:
         correct += int(ll[at:at + len(ex.choices)].argmax()) == ex.answer
         at += len(ex.choices)
@@ -84,9 +84,9 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=12)
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--top-layers", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--micro-batch", type=int, default=None, help="utility micro_batch (default: the utility's)")
-    ap.add_argument("--peft-particles", type=int, default=2)
+    ap.add_argument("--peft-particles", type=int, default=1)
     ap.add_argument("--peft-batch", type=int, default=32)
     ap.add_argument("--workdir", default=None, help="where adapters and data go (default: the cache)")
     ap.add_argument("--out", default=None, help="write the markdown here")

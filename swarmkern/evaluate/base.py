@@ -422,19 +422,24 @@ class ParticleEvaluator:
             cand[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
             pad[i, :len(c)] = False
         out = torch.empty(P, N, K, dtype=torch.float64)
-        order = sorted(range(N), key=lambda i: len(contexts[i]))  # similar lengths share a batch
-        for p0, p1 in self._particle_chunks(P, micro_batch):
-            pb = p1 - p0
-            sub = None if rows is None else rows[p0:p1]
-            n = max(1, micro_batch // pb)
-            with self._bound(sub):
-                for s in range(0, N, n):
-                    idx = order[s:s + n]
-                    ids, mask, T = self._right_padded([list(contexts[i]) for i in idx])
-                    last = torch.tensor([j * T + len(contexts[i]) - 1 for j, i in enumerate(idx)], device=self.device)
-                    lg = self._forward_selected(sub, pb, ids, mask, last, cand[idx].to(self.device))
-                    out[p0:p1, idx] = lg.view(pb, len(idx), K).double().cpu()
+        for p0, p1, sub, idx in self._length_batches(rows, [len(c) for c in contexts], micro_batch):
+            ids, mask, T = self._right_padded([list(contexts[i]) for i in idx])
+            last = torch.tensor([j * T + len(contexts[i]) - 1 for j, i in enumerate(idx)], device=self.device)
+            lg = self._forward_selected(sub, p1 - p0, ids, mask, last, cand[idx].to(self.device))
+            out[p0:p1, idx] = lg.view(p1 - p0, len(idx), K).double().cpu()
         return out.masked_fill_(pad[None], -torch.inf)
+
+    def _length_batches(self, rows: torch.Tensor | None, lengths: Sequence[int], micro_batch: int):
+        """Yield (p0, p1, rows[p0:p1], item indices) with those rows bound: particle chunks times batches
+        of about micro_batch / (p1 - p0) items, items of similar length together (less padding)."""
+        P = 1 if rows is None else rows.shape[0]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // (p1 - p0))
+            with self._bound(sub):
+                for s in range(0, len(order), n):
+                    yield p0, p1, sub, order[s:s + n]
 
     def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
         ids, mask, T = self._right_padded(seqs)
@@ -485,18 +490,11 @@ class ParticleEvaluator:
         P = 1 if rows is None else rows.shape[0]
         E = len(prompts)
         out: list[list[str]] = [[""] * E for _ in range(P)]
-        order = sorted(range(E), key=lambda e: len(prompts[e]))
-        for p0, p1 in self._particle_chunks(P, micro_batch):
-            pb = p1 - p0
-            sub = None if rows is None else rows[p0:p1]
-            n = max(1, micro_batch // pb)
-            with self._bound(sub):
-                for s in range(0, E, n):
-                    idx = order[s:s + n]
-                    texts = self._generate_batch(sub, pb, [list(prompts[e]) for e in idx], max_new_tokens, stop)
-                    for p in range(pb):
-                        for j, e in enumerate(idx):
-                            out[p0 + p][e] = texts[p * len(idx) + j]
+        for p0, p1, sub, idx in self._length_batches(rows, [len(p) for p in prompts], micro_batch):
+            texts = self._generate_batch(sub, p1 - p0, [list(prompts[e]) for e in idx], max_new_tokens, stop)
+            for p in range(p1 - p0):
+                for j, e in enumerate(idx):
+                    out[p0 + p][e] = texts[p * len(idx) + j]
         return out
 
     def _generate_batch(self, rows, pb: int, prompts: list[list[int]], max_new: int,
