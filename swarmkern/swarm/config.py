@@ -1,9 +1,13 @@
 """SwarmConfig: every knob of the search, validated and documented (defaults = the reference code)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# What `update: classic` sets when the config does not name the field (x <- x + v, no decay, no repel,
+# per-element factors); a conflicting explicit value of the last two is an error.
+_CLASSIC_DEFAULTS = {"step": 1.0, "step_factor": 1.0, "repel": False, "randomness": "element"}
 
 
 class SwarmConfig(BaseModel):
@@ -29,6 +33,16 @@ class SwarmConfig(BaseModel):
         "evaluation."))
 
     # -- the update -----------------------------------------------------------------------------
+    update: Literal["model_swarms", "classic"] = Field("model_swarms", description=(
+        "model_swarms: the paper's rule (random factors on all four terms, normalised by their sum, "
+        "repel, decaying step; for expert pools). classic: textbook global-best PSO "
+        "v <- phi_v*v + r1*phi_p*(pbest - x) + r2*phi_g*(gbest - x), x <- x + v, with per-element r1, r2 ~ "
+        "U(r_range), a constant inertia phi_v (no random factor), no normalisation and no repel (for "
+        "benchmark functions; pyswarms' GlobalBestPSO with w=phi_v, c1=phi_p, c2=phi_g). It sets step 1, "
+        "step_factor 1, repel false and randomness element unless the config names them."))
+    bounds: tuple[float, float] | None = Field(None, description=(
+        "Position bounds (lo, hi): every coordinate is clipped into [lo, hi] after each update (the "
+        "velocity is kept). None: unbounded (as pyswarms without bounds)."))
     phi_v: float = Field(0.4, ge=0, description="Inertia weight.")
     phi_p: float = Field(0.3, ge=0, description="Cognitive weight (pull to the personal best).")
     phi_g: float = Field(0.3, ge=0, description="Social weight (pull to the global best).")
@@ -70,8 +84,22 @@ class SwarmConfig(BaseModel):
     checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N iterations (0: never; needs an output dir).")
     progress: bool = Field(True, description="Show a progress bar.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _classic_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("update") == "classic":
+            data = {**_CLASSIC_DEFAULTS, **data}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "SwarmConfig":
+        if self.update == "classic":
+            if self.repel:
+                raise ValueError("repel: the classic update has no repel term (set repel: false)")
+            if self.randomness != "element":
+                raise ValueError("randomness: the classic update draws per-element factors (set randomness: element)")
+        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"bounds: need lo < hi, got {list(self.bounds)}")
         lo, hi = self.r_range
         if not 0 <= lo <= hi:
             raise ValueError(f"r_range: need 0 <= lo <= hi, got {list(self.r_range)}")

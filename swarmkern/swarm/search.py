@@ -280,12 +280,16 @@ class Swarm:
             phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0])
             phi = phi.expand(len(owned), 4).to(self.device).contiguous()
             tk = time.perf_counter()
+            model_swarms = cfg.update == "model_swarms"  # classic: constant inertia, no normalisation
             ops.pso_step_random_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, phi, step, element_seed(cfg.seed),
-                                 t, owned.start, cfg.r_range[0], cfg.r_range[1], True, backend=cfg.backend)
+                                 t, owned.start, cfg.r_range[0], cfg.r_range[1], model_swarms, model_swarms,
+                                 backend=cfg.backend)
         else:
             coef = self.coefficients(t).to(self.device)
             tk = time.perf_counter()
             ops.pso_step_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, coef, step, backend=cfg.backend)
+        if cfg.bounds is not None:
+            buf.x.clamp_(*cfg.bounds)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
