@@ -4,10 +4,22 @@
     result = swarm.run()                              # SwarmResult
     result = Swarm.resume(output_dir, utility).run()  # after a crash: bit-identical continuation
 
+    while not swarm.done:                             # the same search, driven from outside (ask/tell)
+        asked = swarm.ask()                           # Ask: rows [n, D] + their particle indices
+        swarm.tell(my_scores(asked.rows))             # n utilities, higher is better
+    result = swarm.finish()
+
 A utility is any callable f(particles [B, D]) -> B floats (higher is better). The search passes row
 views of its own x buffer (a gathered copy only when some particles are skipped) and as many
 particles per call as it can (`batch_size` caps it). NaN/inf count as -inf (the worst possible),
 are counted and reported. This module never imports transformers.
+
+Ask/tell (the convention of nevergrad, cma and EvoTorch) splits an iteration at the utility call:
+`ask()` applies restarts and the update (at the start: fills the population) and returns the rows
+that need a utility; `tell(scores)` does the bookkeeping, the history line and the checkpoint.
+`run()` is a loop over them and `score_rows` is how it calls the utility, so a search driven
+through ask/tell gives the same results bit for bit. Several swarms can be driven together, their
+asked rows scored in one batched call (swarm/sweep.py).
 """
 from __future__ import annotations
 
@@ -50,6 +62,52 @@ class SwarmResult:
     best_path: Path | None = None
 
 
+@dataclass
+class Ask:
+    """The rows one `Swarm.ask()` wants scored: `rows` [n, D] are this process's particles `indices`
+    (global, ascending) at `iteration` (0 = the initial population). `rows` is a view of the swarm's
+    x buffer (a gathered copy when some particles are skipped): read it, do not write it, and score
+    it before the next `tell`."""
+    iteration: int
+    indices: list[int]
+    rows: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def score_rows(fn: Utility, rows: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """fn over `rows` [n, D] in calls of at most `batch_size` rows (None: one call), under no_grad:
+    the raw scores as float64 on the CPU [n] (non-finite values are left as they are). No call for n = 0."""
+    n = rows.shape[0]
+    out = torch.empty(n, dtype=torch.float64)
+    if n == 0:
+        return out
+    bs = batch_size or n
+    with torch.no_grad():
+        for s in range(0, n, bs):
+            part = rows[s:s + bs]
+            got = fn(part)
+            vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
+                    else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
+            if vals.numel() != part.shape[0]:
+                raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
+            out[s:s + part.shape[0]] = vals
+    return out
+
+
+@dataclass
+class _Pending:
+    """What `ask` leaves for `tell`: the asked rows and the iteration's context."""
+    asked: Ask
+    local_rows: torch.Tensor   # rows of this process's buffers, [n] long
+    step: float                # the step length used by this iteration's update
+    restarts: list[int]
+    skipped: set[int]
+    timings: dict[str, float]
+    asked_at: float            # perf_counter when ask returned
+
+
 class Swarm:
     """A particle swarm over the rows of one [P, D] buffer (see the module docstring).
 
@@ -74,6 +132,7 @@ class Swarm:
         self.buffers: SwarmBuffers | None = None
         self.book: Bookkeeping | None = None
         self.history: list[dict[str, Any]] = []
+        self._pending: _Pending | None = None  # the last ask(), until its tell()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
         self._last_checkpoint_s = 0.0
@@ -101,26 +160,72 @@ class Swarm:
         self._require_started()
         return self.book.u_gbest
 
+    @property
+    def done(self) -> bool:
+        """True once a stop rule (max_iters, patience) fires with no ask pending; False before the
+        initial population is scored."""
+        return self.book is not None and self._pending is None and self._stop_reason() is not None
+
     def run(self) -> SwarmResult:
-        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs."""
+        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs:
+        a loop of ask / score_rows / tell, then finish."""
         from tqdm.auto import tqdm
 
-        if self.book is None:
-            self._initialise()
         cfg = self.config
+        if self.book is None:  # the initial population is the first ask/tell
+            self.tell(score_rows(self.utility, self.ask().rows, cfg.batch_size))
         bar = tqdm(total=cfg.max_iters, initial=self.book.iteration, unit="it", desc="swarm", leave=False,
                    disable=not cfg.progress or self.collective.rank != 0, dynamic_ncols=True)
         try:
-            while True:
-                reason = self._stop_reason()
-                if reason is not None:
-                    self.book.stop_reason = reason
-                    break
-                self._iterate()
+            while not self.done:
+                self.tell(score_rows(self.utility, self.ask().rows, cfg.batch_size))
                 bar.update(1)
                 bar.set_postfix(best=f"{self.book.u_gbest:.4g}", step=f"{self.book.step:.3g}")
         finally:
             bar.close()
+        return self.finish()
+
+    def ask(self) -> Ask:
+        """The rows that need a utility now. The first call fills the initial population (all
+        particles, iteration 0); later calls restart stray particles, apply the update and draw
+        dropK/dropN (skipped particles keep their last utility and are not asked). Asking again
+        before `tell` returns the same Ask. Under torch.distributed each process asks (and is told)
+        the rows it owns. Raises RuntimeError once the search is done."""
+        if self._pending is not None:
+            return self._pending.asked
+        if self.book is None:
+            return self._ask_initial()
+        reason = self._stop_reason()
+        if reason is not None:
+            raise RuntimeError(f"the search has stopped ({reason}): call finish()")
+        return self._ask_iteration()
+
+    def tell(self, scores: torch.Tensor | Sequence[float]) -> None:
+        """The utilities of the last `ask()`'s rows, in its order (NaN/inf count as -inf). Updates
+        personal and global bests, the global worst, the step length and the counters, appends the
+        history line and writes the checkpoint when one is due."""
+        pend = self._pending
+        if pend is None:
+            raise RuntimeError("tell() without a pending ask(): call ask() first")
+        vals = (scores.detach().to("cpu", torch.float64) if isinstance(scores, torch.Tensor)
+                else torch.tensor([float(x) for x in scores], dtype=torch.float64)).reshape(-1)
+        if vals.numel() != len(pend.asked):
+            raise ValueError(f"tell: {vals.numel()} scores for {len(pend.asked)} asked particles")
+        told_at = time.perf_counter()
+        self._pending = None
+        u, nonfinite_mask, bad_mask = self._gather_scores(vals, pend.local_rows)
+        if pend.asked.iteration == 0:
+            self._tell_initial(u, nonfinite_mask, bad_mask, evaluate_s=told_at - pend.asked_at)
+        else:
+            self._tell_iteration(pend, u, nonfinite_mask, bad_mask, told_at)
+
+    def finish(self) -> SwarmResult:
+        """Score the global best on the test utility, export it, write summary.json and the plot;
+        the SwarmResult. Call it once `done` (or earlier, to stop the search where it is)."""
+        if self._pending is not None:
+            raise RuntimeError("finish() with an ask pending: tell() its scores first")
+        self._require_started()
+        self.book.stop_reason = self._stop_reason() or "stopped by the caller"
         return self._finish()
 
     @classmethod
@@ -152,6 +257,7 @@ class Swarm:
         self.buffers = SwarmBuffers(collective.owned(self.n_particles), self.dim, self.dtype, self.device)
         self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
         self._point_gbest()
+        self._pending = None
         self._session_start = time.perf_counter()
         self._wall_base = self.book.wall_seconds
         self._last_checkpoint_s = 0.0
@@ -195,7 +301,7 @@ class Swarm:
         return torch.stack(rows), origins
 
     # -- initialisation ----------------------------------------------------------------------------
-    def _initialise(self) -> None:
+    def _ask_initial(self) -> Ask:
         cfg, coll = self.config, self.collective
         P = self.n_particles
         owned = coll.owned(P)
@@ -210,10 +316,12 @@ class Swarm:
             targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
         self.pool.fill(targets)
         buf.pbest.copy_(buf.x)
+        return self._ask_rows(0, set(), step=cfg.step, restarts=[], timings={})
 
-        t0 = time.perf_counter()
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, set())
-        eval_s = time.perf_counter() - t0
+    def _tell_initial(self, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool], *,
+                      evaluate_s: float) -> None:
+        cfg, coll, buf = self.config, self.collective, self.buffers
+        P, owned = self.n_particles, buf.owned
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         book = Bookkeeping(n_particles=P, step=cfg.step, u_now=list(u), u_pbest=list(u), since_best=[1] * P,
                            origins=self.origins, initial_utilities=list(u))
@@ -236,7 +344,8 @@ class Swarm:
         if self.test_utility is not None:
             starters = [i for i, o in enumerate(self.origins) if o["kind"] != "child"]
             local = torch.tensor([i - owned.start for i in starters if i in owned], dtype=torch.long)
-            vals, _, _ = self._evaluate(self.test_utility, local)
+            vals = score_rows(self.test_utility, self._rows_view(local), cfg.batch_size)
+            vals[~torch.isfinite(vals)] = -math.inf
             full = torch.full((len(owned),), math.nan, dtype=torch.float64)
             if len(local):
                 full[local] = vals
@@ -246,7 +355,7 @@ class Swarm:
             ckpt.atomic_write_json(self.output_dir / EXPERTS_JSON, self.pool.describe(), indent=2)
             outputs.truncate_history(self.output_dir, 0)
         self._record(0, cfg.step, restarts=[], skipped=[], improved=list(range(P)), nonfinite=nonfinite,
-                     timings={"evaluate_s": eval_s})
+                     timings={"evaluate_s": evaluate_s})
         self._checkpoint()
 
     # -- one iteration -------------------------------------------------------------------------------
@@ -260,8 +369,8 @@ class Swarm:
             return "patience"
         return None
 
-    def _iterate(self) -> None:
-        cfg, book, buf, coll = self.config, self.book, self.buffers, self.collective
+    def _ask_iteration(self) -> Ask:
+        cfg, book, buf = self.config, self.book, self.buffers
         P, owned = self.n_particles, buf.owned
         t = book.iteration + 1
         step = book.step
@@ -293,10 +402,14 @@ class Swarm:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
+        return self._ask_rows(t, self._skipped(t), step=step, restarts=restarts,
+                              timings={"update_s": t1 - t0, "kernel_s": t1 - tk})
 
-        skipped = self._skipped(t)
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
-        t2 = time.perf_counter()
+    def _tell_iteration(self, pend: _Pending, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool],
+                        told_at: float) -> None:
+        cfg, book, buf = self.config, self.book, self.buffers
+        P, t, step = self.n_particles, pend.asked.iteration, pend.step
+        restarts, skipped = pend.restarts, pend.skipped
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         improved = []
         for i in range(P):
@@ -330,7 +443,7 @@ class Swarm:
         book.skipped_total += len(skipped)
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
-                     timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
+                     timings={**pend.timings, "evaluate_s": told_at - pend.asked_at, "bookkeeping_s": t3 - told_at,
                               "last_checkpoint_s": self._last_checkpoint_s})
         self._checkpoint()
 
@@ -359,55 +472,51 @@ class Swarm:
         return set()
 
     # -- helpers --------------------------------------------------------------------------------------
-    def _evaluate_owned(self, fn: Utility, skipped: set[int]) -> tuple[list[float], list[bool], list[bool]]:
-        """Score this process's particles except `skipped` (they keep their last score); returns,
+    def _rows_view(self, rows: torch.Tensor) -> torch.Tensor:
+        """Local rows `rows` [n] of x: a view when they are consecutive, a gathered copy otherwise."""
+        x, n = self.buffers.x, len(rows)
+        if n == 0:
+            return x[:0]
+        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
+        return x[int(rows[0]):int(rows[0]) + n] if contiguous else x.index_select(0, rows.to(self.device))
+
+    def _ask_rows(self, t: int, skipped: set[int], *, step: float, restarts: list[int],
+                  timings: dict[str, float]) -> Ask:
+        """Ask for this process's particles at iteration t except `skipped`."""
+        owned = self.buffers.owned
+        local = [r for r, i in enumerate(owned) if i not in skipped]
+        rows = torch.tensor(local, dtype=torch.long)
+        asked = Ask(iteration=t, indices=[owned.start + r for r in local], rows=self._rows_view(rows))
+        self._pending = _Pending(asked, rows, step, restarts, skipped, timings, time.perf_counter())
+        return asked
+
+    def _gather_scores(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[list[float], list[bool], list[bool]]:
+        """The scores of local rows `rows` (non-finite -> -inf; the others keep their last score) ->
         for all P particles (gathered): scores, non-finite-score flags, non-finite-location flags."""
         buf, coll, P = self.buffers, self.collective, self.n_particles
         owned = buf.owned
-        todo = torch.tensor([r for r, i in enumerate(owned) if i not in skipped], dtype=torch.long)
-        scores, nonfinite, bad_rows = self._evaluate(fn, todo)
-        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
-                             dtype=torch.float64)
-        flags = torch.zeros(len(owned), dtype=torch.float64)
-        bad = torch.zeros(len(owned), dtype=torch.float64)
-        if len(todo):
-            local[todo] = scores
-            flags[todo] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
-        for i in bad_rows:
-            bad[i - owned.start] = 1.0
-        u = coll.all_gather_scores(local, P).tolist()
-        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
-        br = [bool(x) for x in coll.all_gather_scores(bad, P).tolist()]
-        return u, nf, br
-
-    def _evaluate(self, fn: Utility, rows: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
-        """Scores (float64, non-finite -> -inf) of local rows `rows` of x, the count of non-finite
-        scores, and the global indices of evaluated locations that are themselves non-finite."""
-        buf, n = self.buffers, len(rows)
-        out = torch.empty(n, dtype=torch.float64)
-        if n == 0:
-            return out, 0, []
-        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
-        source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
-        bs = self.config.batch_size or n
-        with torch.no_grad():
-            for s in range(0, n, bs):
-                part = source[s:s + bs]
-                got = fn(part)
-                vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
-                        else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
-                if vals.numel() != part.shape[0]:
-                    raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
-                out[s:s + part.shape[0]] = vals
-        bad = ~torch.isfinite(out)
+        bad = ~torch.isfinite(scores)
         nonfinite = int(bad.sum())
         bad_rows = []
         if nonfinite:
-            out[bad] = -math.inf
+            scores = scores.clone()
+            scores[bad] = -math.inf
             for r in rows[bad].tolist():
                 if not bool(torch.isfinite(buf.x[r]).all()):
-                    bad_rows.append(buf.owned.start + r)
-        return out, nonfinite, bad_rows
+                    bad_rows.append(r)
+        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
+                             dtype=torch.float64)
+        flags = torch.zeros(len(owned), dtype=torch.float64)
+        bad_loc = torch.zeros(len(owned), dtype=torch.float64)
+        if len(rows):
+            local[rows] = scores
+            flags[rows] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
+        for r in bad_rows:
+            bad_loc[r] = 1.0
+        u = coll.all_gather_scores(local, P).tolist()
+        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
+        br = [bool(x) for x in coll.all_gather_scores(bad_loc, P).tolist()]
+        return u, nf, br
 
     def _new_worst(self, u: list[float], u_worst: float, *, first: bool,
                    exclude: Sequence[int] = ()) -> tuple[int, float] | None:
