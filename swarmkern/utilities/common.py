@@ -12,9 +12,10 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import Field, PrivateAttr
 
+from .protocol import Ensembling, FunctionUtility, Predictions
 from .registry import UtilityConfig
 
-__all__ = ["ModelUtility", "Scorer", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
+__all__ = ["ModelUtility", "Scorer", "PredictionScorer", "jsonl_example_ids", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
 
 _EVALUATORS: dict[tuple, Any] = {}
 
@@ -28,7 +29,9 @@ class ModelUtility(UtilityConfig):
     test: str | None = Field(None, description="JSONL file scored only for the report")
     max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
     max_test_examples: int | None = Field(None, gt=0, description="use the first N test examples")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='compute dtype of the model; "auto": bf16 where the device computes it natively '
+                            '(CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32')
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...')
     micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x examples): bounds memory")
     max_length: int | None = Field(None, gt=0, description="cut prompts from the left to this many tokens")
@@ -56,32 +59,54 @@ class ModelUtility(UtilityConfig):
         return ids
 
 
-class Scorer:
-    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU).
+class Scorer(FunctionUtility):
+    """A utility that only scores: Scorer(fn, name) with fn(particles [B, D]) -> [B] (see protocol.py)."""
 
-    `ensemble(members [M, D] best first, how) -> (score, how used)`, when given, scores the members'
-    combined per-example predictions (see utilities/ensemble.py); the top-k ensemble baseline uses it.
-    """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
-                 finalize: Callable[[Path], None] | None = None,
-                 ensemble: Callable[[torch.Tensor, str], tuple[float, str]] | None = None):
-        self._fn = fn
+class PredictionScorer(Ensembling):
+    """A utility made of its prediction functions (every built-in dataset utility is one):
+
+    predict(particles [B, D]) -> Predictions; example_scores(preds) -> [B, N] (None: the utility is no
+    mean over examples, then `score` is required); score(preds) -> [B] (default: mean of
+    example_scores); ensemble(preds, how) -> (score, how used); ids: the N examples' ids."""
+
+    def __init__(self, name: str, *, predict: Callable[[torch.Tensor], Predictions],
+                 ensemble: Callable[[Predictions, str], tuple[float, str]], ids: Sequence[str],
+                 example_scores: Callable[[Predictions], torch.Tensor] | None = None,
+                 score: Callable[[Predictions], torch.Tensor] | None = None):
+        if example_scores is None and score is None:
+            raise ValueError(f"{name}: needs example_scores or score")
         self.name = name
-        if finalize is not None:
-            self.finalize = finalize
-        if ensemble is not None:
-            self.ensemble = ensemble
+        self._predict, self._ensemble, self._ids = predict, ensemble, list(ids)
+        self._example_scores, self._score = example_scores, score
 
-    def __call__(self, particles: torch.Tensor) -> torch.Tensor:
-        if particles.dim() != 2:
-            raise ValueError(f"{self.name}: particles must be [B, D], got shape {list(particles.shape)}")
-        if particles.shape[0] == 0:
-            return torch.empty(0, dtype=torch.float64)
-        return torch.as_tensor(self._fn(particles), dtype=torch.float64).reshape(particles.shape[0])
+    def predict(self, particles: torch.Tensor) -> Predictions:
+        return self._predict(particles)
 
-    def __repr__(self) -> str:
-        return f"Scorer({self.name})"
+    def example_scores(self, preds: Predictions) -> torch.Tensor | None:
+        return None if self._example_scores is None else self._example_scores(preds).double()
+
+    def score(self, preds: Predictions) -> torch.Tensor:
+        if self._score is not None:
+            return torch.as_tensor(self._score(preds), dtype=torch.float64)
+        return self.example_scores(preds).mean(1)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def ensemble(self, preds: Predictions, how: str = "auto") -> tuple[float, str]:
+        if len(preds) == 0:
+            raise ValueError(f"{self.name}: an ensemble needs at least one member")
+        return self._ensemble(preds, how)
+
+
+def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
+    """Ids of the examples read from a JSONL file (in order, blank lines skipped as load_jsonl does):
+    each example's own "id" field when it has one, else its 1-based line number."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
+    return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
 
 
 def _digest(obj: Any) -> str:
@@ -89,7 +114,7 @@ def _digest(obj: Any) -> str:
 
 
 def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | None = None,
-                       dtype: str = "float32", device: str = "auto", share_prefix: bool = True):
+                       dtype: str = "auto", device: str = "auto", share_prefix: bool = True):
     """The evaluator for a pool's particles on a local causal LM, built once per process and shared by
     every utility (dev and test, every task of a multi-task utility).
 
@@ -98,7 +123,7 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
-    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     kind = getattr(pool, "kind", None)
     if kind not in ("peft", "safetensors", "tensors") or not hasattr(pool, "layout"):
@@ -111,6 +136,7 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     model_dir = str(Path(model).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
@@ -129,15 +155,16 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     return ev
 
 
-def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "float32",
+def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "auto",
                     device: str = "auto"):
     """An evaluator of an unadapted causal LM (an LLM judge), cached per process."""
     from swarmkern.evaluate.base import PlainEvaluator
-    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     model_dir = str(Path(model_dir).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model_dir).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = ("plain", model_dir, tok_dir, dtype, dev)
     if key not in _EVALUATORS:
         _EVALUATORS[key] = PlainEvaluator(load_causal_lm(model_dir, dtype=dtype, device=dev),
