@@ -75,6 +75,22 @@ class SwarmConfig(BaseModel):
     drop_n: float = Field(0.0, ge=0, le=1, description="dropN: probability of skipping one particle's evaluation.")
     batch_size: int | None = Field(None, ge=1, description="Most particles per utility call (None: all at once).")
 
+    # -- reports at the end of a search (swarmkern/swarm/reports.py; reports.json) ---------------------
+    report_pbest_test: bool = Field(False, description=(
+        "Score every final personal best on the test utility (costs P test evaluations; free when the "
+        "top-k ensembles already predicted them on test)."))
+    report_ensemble_k: tuple[int, ...] = Field((3, 5, 10), description=(
+        "Top-k prediction ensembles of the final personal bests (best dev utility first), on dev and "
+        "test, for each k <= P; needs a utility with the ensemble capability; () turns them off. Costs "
+        "P dev and P test predictions."))
+    report_emergence: bool = Field(True, description=(
+        "Correctness emergence: the dev/test examples that no starting particle got right but the final "
+        "global best does (needs 0/1 per-example scores; costs P dev and P test predictions of the "
+        "starting particles)."))
+    report_trajectory: bool = Field(True, description=(
+        "Record every particle's position projected on the first two principal directions of the "
+        "starting experts in history.jsonl (pca_xy) and plot them as trajectory.png."))
+
     # -- execution --------------------------------------------------------------------------------
     seed: int = Field(0, ge=0, lt=2 ** 64, description="Key of every random draw (Philox counter-based).")
     backend: str | None = Field(None, description="Kernel backend for ops.pso_step_ (None: fastest available).")
@@ -98,6 +114,8 @@ class SwarmConfig(BaseModel):
                 raise ValueError("repel: the classic update has no repel term (set repel: false)")
             if self.randomness != "element":
                 raise ValueError("randomness: the classic update draws per-element factors (set randomness: element)")
+        if any(k < 1 for k in self.report_ensemble_k):
+            raise ValueError(f"report_ensemble_k: every k must be >= 1, got {list(self.report_ensemble_k)}")
         if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
             raise ValueError(f"bounds: need lo < hi, got {list(self.bounds)}")
         lo, hi = self.r_range

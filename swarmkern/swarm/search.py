@@ -36,7 +36,7 @@ from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
 
 from . import checkpoint as ckpt
-from . import outputs
+from . import outputs, reports
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
@@ -133,6 +133,8 @@ class Swarm:
         self.book: Bookkeeping | None = None
         self.history: list[dict[str, Any]] = []
         self._pending: _Pending | None = None  # the last ask(), until its tell()
+        self._projection: reports.Projection | None = None  # built on first use (report_trajectory)
+        self._resumed = False
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
         self._last_checkpoint_s = 0.0
@@ -258,6 +260,7 @@ class Swarm:
         self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
         self._point_gbest()
         self._pending = None
+        self._projection, self._resumed = None, True
         self._session_start = time.perf_counter()
         self._wall_base = self.book.wall_seconds
         self._last_checkpoint_s = 0.0
@@ -265,6 +268,12 @@ class Swarm:
             outputs.truncate_history(output_dir, self.book.history_bytes)
         self.history = outputs.read_history(output_dir)
         return self
+
+    def trajectory_projection(self) -> reports.Projection:
+        """The projection on the starting experts' first two principal directions (history's pca_xy)."""
+        if self._projection is None:
+            self._projection = reports.projection_of(self, self._resumed)
+        return self._projection
 
     def export_best(self, path: str | Path) -> Path:
         """Write the global best in the experts' own format (PEFT adapter dir or .safetensors)."""
@@ -553,6 +562,8 @@ class Swarm:
                "gworst_utility": outputs.json_float(book.u_worst), "gworst_index": book.gworst_index,
                "step": step, "restarts": restarts, "skipped": skipped, "improved": improved,
                "nonfinite": nonfinite, "timings": timings}
+        if self.config.report_trajectory:
+            rec["pca_xy"] = reports.pca_xy(self, self.trajectory_projection())
         self.history.append(rec)
         if self.output_dir is not None and self.collective.rank == 0:
             book.history_bytes = outputs.append_history(self.output_dir, rec)
@@ -584,6 +595,7 @@ class Swarm:
             name = "best" if self.pool.kind == "peft" else "best.safetensors"
             best_path = self.export_best(self.output_dir / name)
         summary = self._summary(test_utility, best_path)
+        summary["reports"] = reports.end_of_search(self, summary)
         if self.output_dir is not None and coll.rank == 0:
             outputs.write_summary(self.output_dir, summary)
             try:
@@ -648,5 +660,6 @@ def _clear_run(output_dir: Path) -> None:
 
     for name in (ckpt.CHECKPOINT_DIR,):
         shutil.rmtree(output_dir / name, ignore_errors=True)
-    for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON):
+    for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON, reports.REPORTS, reports.TRAJECTORY_PLOT,
+                 reports.PROJECTION):
         (output_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,293 @@
+"""The paper's reports at the end of a search: reports.json (also under "reports" in summary.json) and
+trajectory.png. Called by `Swarm.finish()`; a sweep calls `end_of_search` per configuration and
+`weak_to_strong_rate` across them.
+
+    pbest_test_utilities   test utility of every final personal best (opt-in: report_pbest_test)
+    ensembles              top-k prediction ensembles of the final personal bests, best dev utility
+                           first, scored on dev and test through the utility's `ensemble` capability
+    emergence              per split: the examples that no starting particle got right but the final
+                           global best does (count and ids; needs 0/1 `example_scores`)
+    weak_to_strong         the winner's initial rank and utility; whether it started outside the top half
+    trajectory             every particle's position projected on the first two principal directions of
+                           the starting experts, recorded each iteration (history.jsonl "pca_xy")
+
+A report whose utility lacks the capability it needs (or that the run cannot afford) is left out and
+its reason given under "skipped". The predictions, ensembles and example scores come only from the
+utility's public API (swarmkern/utilities/protocol.py).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from swarmkern.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json
+from swarmkern.utilities.protocol import Ensembling, Predicting
+
+if TYPE_CHECKING:
+    from .search import Swarm
+
+REPORTS = "reports.json"
+TRAJECTORY_PLOT = "trajectory.png"
+PROJECTION = "projection.safetensors"  # kept for resume: a pool rebuilt from experts.json may hold no numbers
+
+
+# -- trajectory: projection on the starting experts' principal directions ------------------------------
+class Projection:
+    """x -> ((x - mean) . u_1, (x - mean) . u_2) for the first two principal directions u_1, u_2 of the
+    K starting expert rows. Kept as U [2, D] in the swarm's dtype on its device and offset = mean . U,
+    so that a projection costs 2 dot products per particle. Directions with no variance (K < 3) are 0.
+    The sign of each direction is fixed (its largest expert loading is positive): the same pool always
+    gives the same projection, also after a resume."""
+
+    def __init__(self, directions: torch.Tensor, offset: torch.Tensor, explained: list[float]):
+        self.directions = directions      # [2, D]
+        self.offset = offset              # [2] float64
+        self.explained = explained        # fraction of the experts' variance along u_1, u_2
+
+    @classmethod
+    def of_rows(cls, rows: torch.Tensor, chunk: int = 1 << 20) -> "Projection":
+        """From the expert rows [K, D] (any float dtype), streaming D in chunks with float64 math."""
+        K, D = rows.shape
+        mean = torch.zeros(D, dtype=torch.float64, device=rows.device)
+        gram = torch.zeros(K, K, dtype=torch.float64, device=rows.device)
+        for s in range(0, D, chunk):
+            part = rows[:, s:s + chunk].double()
+            mean[s:s + chunk] = part.mean(0)
+            centred = part - mean[s:s + chunk]
+            gram += centred @ centred.T
+        evals, evecs = torch.linalg.eigh(gram.cpu())  # ascending
+        order = torch.argsort(evals, descending=True)[:2]
+        total = float(evals.clamp(min=0).sum())
+        coefs, explained = torch.zeros(2, K, dtype=torch.float64), [0.0, 0.0]
+        for n, idx in enumerate(order.tolist()):
+            lam = float(evals[idx])
+            if lam <= 1e-12 * max(total, 1e-300):
+                continue
+            vec = evecs[:, idx]
+            vec = vec if float(vec[int(vec.abs().argmax())]) > 0 else -vec
+            coefs[n] = vec / math.sqrt(lam)  # u_n = C^T v_n / sqrt(lambda_n): a unit vector
+            explained[n] = lam / total
+        coefs = coefs.to(rows.device)
+        directions = torch.empty(2, D, dtype=rows.dtype, device=rows.device)
+        for s in range(0, D, chunk):
+            centred = rows[:, s:s + chunk].double() - mean[s:s + chunk]
+            directions[:, s:s + chunk] = (coefs @ centred).to(rows.dtype)
+        offset = (directions.double() @ mean).cpu()
+        return cls(directions, offset, explained)
+
+    def save(self, path: Path) -> None:
+        atomic_save_safetensors(path, {"directions": self.directions.contiguous().cpu(), "offset": self.offset},
+                                metadata={"explained": json.dumps(self.explained)})
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> "Projection":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            explained = json.loads(f.metadata()["explained"])
+            return cls(f.get_tensor("directions").to(device), f.get_tensor("offset"), explained)
+
+    def coords(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, 2] float64 (CPU) coordinates of the rows x [n, D]."""
+        if x.shape[0] == 0:
+            return torch.zeros(0, 2, dtype=torch.float64)
+        return (x @ self.directions.T).double().cpu() - self.offset
+
+
+def projection_of(swarm: "Swarm", resumed: bool) -> Projection:
+    """The projection of a swarm's starting experts: the one saved in its output dir when resuming,
+    else computed from the pool (the same on every process) and saved there."""
+    path = None if swarm.output_dir is None else swarm.output_dir / PROJECTION
+    if resumed and path is not None and path.exists():
+        return Projection.load(path, swarm.device)
+    K = len(swarm.pool)
+    rows = torch.empty(K, swarm.dim, dtype=swarm.dtype, device=swarm.device)
+    swarm.pool.fill_rows(rows, torch.eye(K, dtype=torch.float64))
+    projection = Projection.of_rows(rows)
+    if path is not None and swarm.collective.rank == 0:
+        projection.save(path)
+    return projection
+
+
+def pca_xy(swarm: "Swarm", projection: Projection) -> list[list[float]]:
+    """Every particle's (x, y) now, gathered from all processes: [[x, y] per particle] (6 significant digits)."""
+    buf, coll, P = swarm.buffers, swarm.collective, swarm.n_particles
+    local = projection.coords(buf.x)
+    xs = coll.all_gather_scores(local[:, 0].contiguous(), P).tolist()
+    ys = coll.all_gather_scores(local[:, 1].contiguous(), P).tolist()
+    return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in zip(xs, ys)]
+
+
+def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]], best_index: int,
+                    path: Path, explained: list[float] | None = None) -> Path | None:
+    """trajectory.png: each particle's path in the experts' principal plane (start: circle, end: dot),
+    the experts named at their start, the global best's final position as a star."""
+    steps = [h["pca_xy"] for h in history if h.get("pca_xy")]
+    if not steps:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.4), dpi=110)
+    for i in range(len(steps[0])):
+        xs, ys = [s[i][0] for s in steps], [s[i][1] for s in steps]
+        color = "C0" if i == best_index else "0.55"
+        ax.plot(xs, ys, color=color, lw=1.6 if i == best_index else 0.7, alpha=0.9 if i == best_index else 0.6)
+        ax.scatter(xs[:1], ys[:1], s=22, facecolors="none", edgecolors=color)
+        ax.scatter(xs[-1:], ys[-1:], s=8, color=color)
+        if origins[i].get("kind") == "expert":
+            ax.annotate(origins[i]["name"], (xs[0], ys[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fx, fy = steps[-1][best_index]
+    ax.scatter([fx], [fy], marker="*", s=160, color="C3", zorder=5, label="global best (final)")
+    var = "" if not explained else f" ({explained[0]:.0%} of the variance)"
+    ax.set_xlabel(f"principal direction 1 of the experts{var}")
+    ax.set_ylabel("principal direction 2" + ("" if not explained else f" ({explained[1]:.0%})"))
+    ax.set_title(f"Particle trajectories, iterations 0..{len(steps) - 1}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# -- ensembles, personal-best test utilities, emergence --------------------------------------------------
+def top_k_ensembles(utility: Ensembling, preds: Any, order: list[int], ks: Iterable[int]) -> dict[str, Any]:
+    """{k: {"score", "how", "particles"}} for the ensembles of the first k particles of `order` (indices
+    into preds, best first), for every k <= len(order)."""
+    out = {}
+    for k in sorted(set(ks)):
+        if k > len(order):
+            continue
+        members = order[:k]
+        score, how = utility.ensemble(preds[members], how="auto")
+        out[str(k)] = {"score": _json_float(score), "how": how, "particles": members}
+    return out
+
+
+def emergence(initial: torch.Tensor, best: torch.Tensor, ids: list[str]) -> dict[str, Any]:
+    """Examples that no starting particle got right but the best does. initial [P0, N] and best [N]:
+    per-example scores, 1.0 = right and 0.0 = wrong (ValueError for anything else)."""
+    for name, t in (("initial", initial), ("best", best)):
+        if not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError(f"{name} example scores are not all 0/1: correctness is undefined")
+    if initial.shape[-1] != best.shape[-1] or len(ids) != best.shape[-1]:
+        raise ValueError(f"example counts differ: initial {initial.shape[-1]}, best {best.shape[-1]}, ids {len(ids)}")
+    any_initial = (initial == 1).any(0)
+    right = best == 1
+    emerged = (right & ~any_initial).nonzero().reshape(-1).tolist()
+    lost = (~right & any_initial).nonzero().reshape(-1).tolist()
+    return {"examples": int(best.shape[-1]), "best_right": int(right.sum()),
+            "some_starting_particle_right": int(any_initial.sum()),
+            "emerged": len(emerged), "emerged_ids": [ids[i] for i in emerged],
+            "lost": len(lost)}
+
+
+def weak_to_strong(summary: dict[str, Any]) -> dict[str, Any]:
+    """The global best's start: its initial rank (0 = best) and dev utility among the P particles, and
+    whether it started outside the top half (2 * rank >= P)."""
+    rank, P = summary["best_particle_initial_rank"], summary["n_particles"]
+    return {"initial_rank": rank, "initial_utility": summary["best_particle_initial_utility"],
+            "n_particles": P, "started_outside_top_half": 2 * rank >= P}
+
+
+def weak_to_strong_rate(summaries: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Across searches (e.g. a sweep's configurations; each a summary.json dict): how often the winner
+    started outside the top half of its swarm. {"searches", "outside_top_half", "fraction"}."""
+    flags = [weak_to_strong(s)["started_outside_top_half"] for s in summaries]
+    return {"searches": len(flags), "outside_top_half": sum(flags),
+            "fraction": (sum(flags) / len(flags)) if flags else None}
+
+
+def _json_float(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _predict(utility: Predicting, rows: torch.Tensor) -> Any:
+    """Predictions of rows [n, D] in one call (a Predictions object cannot be assembled from parts)."""
+    with torch.no_grad():
+        return utility.predict(rows)
+
+
+def _starting_rows(swarm: "Swarm") -> torch.Tensor:
+    """The initial population [P, D] rebuilt from the experts (the swarm's x has moved on)."""
+    rows = torch.empty(swarm.n_particles, swarm.dim, dtype=swarm.dtype, device=swarm.device)
+    swarm.pool.fill_rows(rows, swarm.coef_weights)
+    return rows
+
+
+def _prediction_reports(swarm: "Swarm", report: dict[str, Any]) -> None:
+    """pbest_test_utilities, ensembles and emergence into `report` (reasons under report["skipped"])."""
+    from .search import score_rows
+
+    cfg, book, skipped = swarm.config, swarm.book, report["skipped"]
+    pbest, P, g = swarm.buffers.pbest, swarm.n_particles, book.gbest_index
+    splits = {s: u for s, u in (("dev", swarm.utility), ("test", swarm.test_utility)) if u is not None}
+    predicting = {s: u for s, u in splits.items() if isinstance(u, Predicting)}
+    if (cfg.report_ensemble_k or cfg.report_emergence) and not predicting:
+        skipped["ensembles_and_emergence"] = "the utility makes no per-example predictions"
+    preds = {s: _predict(u, pbest) for s, u in predicting.items()
+             if cfg.report_ensemble_k or cfg.report_emergence or (s == "test" and cfg.report_pbest_test)}
+    if cfg.report_pbest_test:
+        if "test" not in splits:
+            skipped["pbest_test_utilities"] = "no test utility"
+        else:
+            vals = (splits["test"].score(preds["test"]) if "test" in preds
+                    else score_rows(splits["test"], pbest, cfg.batch_size))
+            report["pbest_test_utilities"] = [_json_float(v) for v in vals.tolist()]
+    if cfg.report_ensemble_k and predicting:
+        order = sorted(range(P), key=lambda i: (-book.u_pbest[i], i))  # best dev utility first
+        ens = {s: top_k_ensembles(u, preds[s], order, cfg.report_ensemble_k)
+               for s, u in predicting.items() if isinstance(u, Ensembling)}
+        if ens:
+            report["ensembles"] = {"order": order, **ens}
+        else:
+            skipped["ensembles"] = "the utility has no ensemble capability"
+    if cfg.report_emergence and predicting:
+        found, starting = {}, None
+        for s, u in predicting.items():
+            best_scores = u.example_scores(preds[s][[g]])
+            if best_scores is None:
+                skipped[f"emergence_{s}"] = "the utility is not a mean over examples (no example_scores)"
+                continue
+            starting = _starting_rows(swarm) if starting is None else starting
+            try:
+                found[s] = emergence(u.example_scores(_predict(u, starting)), best_scores[0], u.example_ids)
+            except ValueError as err:
+                skipped[f"emergence_{s}"] = str(err)
+        if found:
+            report["emergence"] = found
+
+
+def end_of_search(swarm: "Swarm", summary: dict[str, Any]) -> dict[str, Any]:
+    """Every report of a finished search (see the module docstring); writes reports.json and
+    trajectory.png when the swarm has an output dir (rank 0)."""
+    cfg = swarm.config
+    report: dict[str, Any] = {"weak_to_strong": weak_to_strong(summary), "skipped": {}}
+    if cfg.report_ensemble_k or cfg.report_emergence or cfg.report_pbest_test:
+        if swarm.collective.world_size > 1:
+            report["skipped"]["predictions"] = ("ensembles, emergence and personal-best test utilities need "
+                                                "a single process")
+        else:
+            _prediction_reports(swarm, report)
+    if cfg.report_trajectory:
+        report["trajectory"] = {"explained_variance": swarm.trajectory_projection().explained, "plot": None}
+    if swarm.output_dir is not None and swarm.collective.rank == 0:
+        if cfg.report_trajectory:
+            try:
+                path = plot_trajectory(swarm.history, swarm.origins, swarm.book.gbest_index,
+                                       swarm.output_dir / TRAJECTORY_PLOT, report["trajectory"]["explained_variance"])
+                report["trajectory"]["plot"] = path.name if path is not None else None
+            except Exception as err:  # a plotting failure must not lose a finished search
+                report["trajectory"]["plot_error"] = str(err)
+        atomic_write_json(swarm.output_dir / REPORTS, report, indent=2)
+    return report
