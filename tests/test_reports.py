@@ -136,6 +136,7 @@ def test_end_of_search_reports_match_hand_computation(tmp_path):
     torch.testing.assert_close(torch.tensor(sw.history[-1]["pca_xy"], dtype=torch.float64), proj.coords(sw.buffers.x),
                                atol=1e-4, rtol=1e-4)
     assert rep["trajectory"]["explained_variance"] == pytest.approx(proj.explained)
+    assert rep["trajectory"]["best_xy"] == pytest.approx(proj.coords(result.best.unsqueeze(0))[0].tolist(), abs=1e-4)
 
 
 def test_nothing_emerges_without_an_iteration():

@@ -124,9 +124,10 @@ def pca_xy(swarm: "Swarm", projection: Projection) -> list[list[float]]:
 
 
 def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]], best_index: int,
-                    path: Path, explained: list[float] | None = None) -> Path | None:
-    """trajectory.png: each particle's path in the experts' principal plane (start: circle, end: dot),
-    the experts named at their start, the global best's final position as a star."""
+                    best_xy: tuple[float, float], path: Path, explained: list[float] | None = None) -> Path | None:
+    """trajectory.png: each particle's path in the experts' principal plane (start: circle, end: dot;
+    the particle that holds the global best in colour), the experts named at their start, and the
+    global best location (that particle's personal best) as a star at best_xy."""
     steps = [h["pca_xy"] for h in history if h.get("pca_xy")]
     if not steps:
         return None
@@ -138,13 +139,13 @@ def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]]
     for i in range(len(steps[0])):
         xs, ys = [s[i][0] for s in steps], [s[i][1] for s in steps]
         color = "C0" if i == best_index else "0.55"
-        ax.plot(xs, ys, color=color, lw=1.6 if i == best_index else 0.7, alpha=0.9 if i == best_index else 0.6)
+        ax.plot(xs, ys, color=color, lw=1.6 if i == best_index else 0.7, alpha=0.9 if i == best_index else 0.6,
+                label=f"particle {i} (holds the global best)" if i == best_index else None)
         ax.scatter(xs[:1], ys[:1], s=22, facecolors="none", edgecolors=color)
         ax.scatter(xs[-1:], ys[-1:], s=8, color=color)
         if origins[i].get("kind") == "expert":
             ax.annotate(origins[i]["name"], (xs[0], ys[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    fx, fy = steps[-1][best_index]
-    ax.scatter([fx], [fy], marker="*", s=160, color="C3", zorder=5, label="global best (final)")
+    ax.scatter([best_xy[0]], [best_xy[1]], marker="*", s=160, color="C3", zorder=5, label="global best")
     var = "" if not explained else f" ({explained[0]:.0%} of the variance)"
     ax.set_xlabel(f"principal direction 1 of the experts{var}")
     ax.set_ylabel("principal direction 2" + ("" if not explained else f" ({explained[1]:.0%})"))
@@ -280,12 +281,14 @@ def end_of_search(swarm: "Swarm", summary: dict[str, Any]) -> dict[str, Any]:
         else:
             _prediction_reports(swarm, report)
     if cfg.report_trajectory:
-        report["trajectory"] = {"explained_variance": swarm.trajectory_projection().explained, "plot": None}
+        projection = swarm.trajectory_projection()
+        best_xy = projection.coords(swarm.buffers.gbest.unsqueeze(0))[0].tolist()
+        report["trajectory"] = {"explained_variance": projection.explained, "best_xy": best_xy, "plot": None}
     if swarm.output_dir is not None and swarm.collective.rank == 0:
         if cfg.report_trajectory:
             try:
-                path = plot_trajectory(swarm.history, swarm.origins, swarm.book.gbest_index,
-                                       swarm.output_dir / TRAJECTORY_PLOT, report["trajectory"]["explained_variance"])
+                path = plot_trajectory(swarm.history, swarm.origins, swarm.book.gbest_index, best_xy,
+                                       swarm.output_dir / TRAJECTORY_PLOT, projection.explained)
                 report["trajectory"]["plot"] = path.name if path is not None else None
             except Exception as err:  # a plotting failure must not lose a finished search
                 report["trajectory"]["plot_error"] = str(err)
