@@ -98,7 +98,8 @@ def _start(P=6, D=8, seed=0):
 def test_end_of_search_reports_match_hand_computation(tmp_path):
     start = _start(seed=1)  # this start lets one dev and two test examples emerge within 6 iterations
     dev, test = Threshold(0.0, "dev"), Threshold(0.25, "test")
-    cfg = SwarmConfig(max_iters=6, patience=50, progress=False, report_pbest_test=True, report_ensemble_k=(1, 3, 5, 10))
+    cfg = SwarmConfig(max_iters=6, patience=50, progress=False, report_pbest_test=True, report_ensemble_k=(1, 3, 5, 10),
+                      batch_size=4)  # the starting particles are rebuilt in batches of 4 and 2
     sw = Swarm(cfg, start, dev, test_utility=test, output_dir=tmp_path)
     result = sw.run()
     rep = json.loads((tmp_path / "reports.json").read_text())
@@ -127,6 +128,8 @@ def test_end_of_search_reports_match_hand_computation(tmp_path):
     assert (rep["emergence"]["dev"]["emerged"], rep["emergence"]["test"]["emerged"]) == (1, 2)
     assert rep["pbest_test_utilities"] == pytest.approx((pbest > 0.25).double().mean(1).tolist())
     assert rep["weak_to_strong"]["initial_rank"] == result.summary["best_particle_initial_rank"]
+    # the reports' dev predictions: the top min(10, P) personal bests, the best, the P starting particles
+    assert dev.predicted_rows - result.summary["evaluations"] == P + 1 + P
 
     # trajectory: pca_xy of every particle each iteration; iteration 0 = the starting points' coordinates
     proj = Projection.of_rows(start)

@@ -77,16 +77,15 @@ class SwarmConfig(BaseModel):
 
     # -- reports at the end of a search (swarmkern/swarm/reports.py; reports.json) ---------------------
     report_pbest_test: bool = Field(False, description=(
-        "Score every final personal best on the test utility (costs P test evaluations; free when the "
-        "top-k ensembles already predicted them on test)."))
+        "Score every final personal best on the test utility (costs P test evaluations)."))
     report_ensemble_k: tuple[int, ...] = Field((3, 5, 10), description=(
         "Top-k prediction ensembles of the final personal bests (best dev utility first), on dev and "
         "test, for each k <= P; needs a utility with the ensemble capability; () turns them off. Costs "
-        "P dev and P test predictions."))
+        "max(k) dev and max(k) test predictions (one call each)."))
     report_emergence: bool = Field(True, description=(
         "Correctness emergence: the dev/test examples that no starting particle got right but the final "
-        "global best does (needs 0/1 per-example scores; costs P dev and P test predictions of the "
-        "starting particles)."))
+        "global best does (needs 0/1 per-example scores; costs P + 1 dev and P + 1 test predictions, "
+        "the starting particles rebuilt in batches of batch_size)."))
     report_trajectory: bool = Field(True, description=(
         "Record every particle's position projected on the first two principal directions of the "
         "starting experts in history.jsonl (pca_xy) and plot them as trajectory.png."))

@@ -214,55 +214,65 @@ def _json_float(x: float) -> float | None:
 
 
 def _predict(utility: Predicting, rows: torch.Tensor) -> Any:
-    """Predictions of rows [n, D] in one call (a Predictions object cannot be assembled from parts)."""
     with torch.no_grad():
         return utility.predict(rows)
 
 
-def _starting_rows(swarm: "Swarm") -> torch.Tensor:
-    """The initial population [P, D] rebuilt from the experts (the swarm's x has moved on)."""
-    rows = torch.empty(swarm.n_particles, swarm.dim, dtype=swarm.dtype, device=swarm.device)
-    swarm.pool.fill_rows(rows, swarm.coef_weights)
-    return rows
+def _starting_example_scores(swarm: "Swarm", utility: Predicting) -> torch.Tensor | None:
+    """[P, N] example scores of the initial population, rebuilt from the experts (the swarm's x has
+    moved on) in batches of `batch_size` particles, so that only one batch of rows is held at a time."""
+    P, bs = swarm.n_particles, swarm.config.batch_size or swarm.n_particles
+    parts = []
+    for s in range(0, P, bs):
+        rows = torch.empty(min(bs, P - s), swarm.dim, dtype=swarm.dtype, device=swarm.device)
+        swarm.pool.fill_rows(rows, swarm.coef_weights[s:s + bs])
+        scores = utility.example_scores(_predict(utility, rows))
+        if scores is None:
+            return None
+        parts.append(scores)
+    return torch.cat(parts)
 
 
 def _prediction_reports(swarm: "Swarm", report: dict[str, Any]) -> None:
-    """pbest_test_utilities, ensembles and emergence into `report` (reasons under report["skipped"])."""
+    """pbest_test_utilities, ensembles and emergence into `report` (reasons under report["skipped"]).
+    Ensembles predict only the top max(k) personal bests, in one call."""
     from .search import score_rows
 
     cfg, book, skipped = swarm.config, swarm.book, report["skipped"]
-    pbest, P, g = swarm.buffers.pbest, swarm.n_particles, book.gbest_index
+    pbest, P = swarm.buffers.pbest, swarm.n_particles
     splits = {s: u for s, u in (("dev", swarm.utility), ("test", swarm.test_utility)) if u is not None}
     predicting = {s: u for s, u in splits.items() if isinstance(u, Predicting)}
     if (cfg.report_ensemble_k or cfg.report_emergence) and not predicting:
         skipped["ensembles_and_emergence"] = "the utility makes no per-example predictions"
-    preds = {s: _predict(u, pbest) for s, u in predicting.items()
-             if cfg.report_ensemble_k or cfg.report_emergence or (s == "test" and cfg.report_pbest_test)}
     if cfg.report_pbest_test:
         if "test" not in splits:
             skipped["pbest_test_utilities"] = "no test utility"
         else:
-            vals = (splits["test"].score(preds["test"]) if "test" in preds
-                    else score_rows(splits["test"], pbest, cfg.batch_size))
+            vals = score_rows(splits["test"], pbest, cfg.batch_size)
             report["pbest_test_utilities"] = [_json_float(v) for v in vals.tolist()]
     if cfg.report_ensemble_k and predicting:
         order = sorted(range(P), key=lambda i: (-book.u_pbest[i], i))  # best dev utility first
-        ens = {s: top_k_ensembles(u, preds[s], order, cfg.report_ensemble_k)
-               for s, u in predicting.items() if isinstance(u, Ensembling)}
+        top = order[:min(max(cfg.report_ensemble_k), P)]
+        rows = pbest.index_select(0, torch.tensor(top, device=pbest.device))
+        ens = {}
+        for s, u in predicting.items():
+            if isinstance(u, Ensembling):
+                made = top_k_ensembles(u, _predict(u, rows), list(range(len(top))), cfg.report_ensemble_k)
+                ens[s] = {k: {**v, "particles": [top[i] for i in v["particles"]]} for k, v in made.items()}
         if ens:
             report["ensembles"] = {"order": order, **ens}
         else:
             skipped["ensembles"] = "the utility has no ensemble capability"
     if cfg.report_emergence and predicting:
-        found, starting = {}, None
+        found = {}
         for s, u in predicting.items():
-            best_scores = u.example_scores(preds[s][[g]])
-            if best_scores is None:
+            best_scores = u.example_scores(_predict(u, swarm.buffers.gbest.unsqueeze(0)))
+            initial = _starting_example_scores(swarm, u) if best_scores is not None else None
+            if initial is None:
                 skipped[f"emergence_{s}"] = "the utility is not a mean over examples (no example_scores)"
                 continue
-            starting = _starting_rows(swarm) if starting is None else starting
             try:
-                found[s] = emergence(u.example_scores(_predict(u, starting)), best_scores[0], u.example_ids)
+                found[s] = emergence(initial, best_scores[0], u.example_ids)
             except ValueError as err:
                 skipped[f"emergence_{s}"] = str(err)
         if found:
