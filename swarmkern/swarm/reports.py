@@ -39,8 +39,8 @@ PROJECTION = "projection.safetensors"  # kept for resume: a pool rebuilt from ex
 # -- trajectory: projection on the starting experts' principal directions ------------------------------
 class Projection:
     """x -> ((x - mean) . u_1, (x - mean) . u_2) for the first two principal directions u_1, u_2 of the
-    K starting expert rows. Kept as U [2, D] in the swarm's dtype on its device and offset = mean . U,
-    so that a projection costs 2 dot products per particle. Directions with no variance (K < 3) are 0.
+    K starting expert rows. Kept as U [2, D] (float32, on the swarm's device) and offset = mean . U, so
+    that a projection costs 2 dot products per particle. Directions with no variance (K < 3) are 0.
     The sign of each direction is fixed (its largest expert loading is positive): the same pool always
     gives the same projection, also after a resume."""
 
@@ -73,10 +73,10 @@ class Projection:
             coefs[n] = vec / math.sqrt(lam)  # u_n = C^T v_n / sqrt(lambda_n): a unit vector
             explained[n] = lam / total
         coefs = coefs.to(rows.device)
-        directions = torch.empty(2, D, dtype=rows.dtype, device=rows.device)
+        directions = torch.empty(2, D, dtype=torch.float32, device=rows.device)
         for s in range(0, D, chunk):
             centred = rows[:, s:s + chunk].double() - mean[s:s + chunk]
-            directions[:, s:s + chunk] = (coefs @ centred).to(rows.dtype)
+            directions[:, s:s + chunk] = (coefs @ centred).float()
         offset = (directions.double() @ mean).cpu()
         return cls(directions, offset, explained)
 
@@ -92,11 +92,17 @@ class Projection:
             explained = json.loads(f.metadata()["explained"])
             return cls(f.get_tensor("directions").to(device), f.get_tensor("offset"), explained)
 
-    def coords(self, x: torch.Tensor) -> torch.Tensor:
-        """[n, 2] float64 (CPU) coordinates of the rows x [n, D]."""
-        if x.shape[0] == 0:
-            return torch.zeros(0, 2, dtype=torch.float64)
-        return (x @ self.directions.T).double().cpu() - self.offset
+    def coords(self, x: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+        """[n, 2] float64 (CPU) coordinates of the rows x [n, D]. Row by row in float64, over chunks of
+        D: a row's coordinates do not depend on which other rows are projected with it (the same
+        numbers however the particles are sharded)."""
+        n, D = x.shape
+        out = torch.zeros(n, 2, dtype=torch.float64, device=x.device)
+        for s in range(0, D, chunk):
+            u = self.directions[:, s:s + chunk].double()
+            for i in range(n):
+                out[i] += torch.mv(u, x[i, s:s + chunk].double())
+        return out.cpu() - self.offset
 
 
 def projection_of(swarm: "Swarm", resumed: bool) -> Projection:
@@ -244,6 +250,9 @@ def _prediction_reports(swarm: "Swarm", report: dict[str, Any]) -> None:
     predicting = {s: u for s, u in splits.items() if isinstance(u, Predicting)}
     if (cfg.report_ensemble_k or cfg.report_emergence) and not predicting:
         skipped["ensembles_and_emergence"] = "the utility makes no per-example predictions"
+    if swarm.collective.world_size > 1 and (predicting or cfg.report_pbest_test):
+        skipped["predictions"] = "ensembles, emergence and personal-best test utilities need a single process"
+        return
     if cfg.report_pbest_test:
         if "test" not in splits:
             skipped["pbest_test_utilities"] = "no test utility"
@@ -285,11 +294,7 @@ def end_of_search(swarm: "Swarm", summary: dict[str, Any]) -> dict[str, Any]:
     cfg = swarm.config
     report: dict[str, Any] = {"weak_to_strong": weak_to_strong(summary), "skipped": {}}
     if cfg.report_ensemble_k or cfg.report_emergence or cfg.report_pbest_test:
-        if swarm.collective.world_size > 1:
-            report["skipped"]["predictions"] = ("ensembles, emergence and personal-best test utilities need "
-                                                "a single process")
-        else:
-            _prediction_reports(swarm, report)
+        _prediction_reports(swarm, report)
     if cfg.report_trajectory:
         projection = swarm.trajectory_projection()
         best_xy = projection.coords(swarm.buffers.gbest.unsqueeze(0))[0].tolist()
