@@ -162,3 +162,36 @@ def test_plain_function_utility_skips_prediction_reports(tmp_path):
     assert "per-example predictions" in rep["skipped"]["ensembles_and_emergence"]
     assert len(rep["pbest_test_utilities"]) == 6  # scored through the plain function
     assert math.isclose(max(rep["pbest_test_utilities"]), max(Swarm.resume(tmp_path, fn).book.u_pbest))
+
+
+def test_reports_of_a_multiple_choice_search_on_a_tiny_model(tmp_path):
+    """Through the CLI with the built-in multiple_choice utility (the utility's own prediction API):
+    a one-member ensemble scores the global best's utility, and emergence's `best_right` is the best's
+    accuracy times the number of examples, on dev and test."""
+    pytest.importorskip("peft")
+    pytest.importorskip("tokenizers")
+    import yaml
+    from click.testing import CliRunner
+
+    from swarmkern.cli import main
+    from swarmkern.testing import cached_tiny_setup
+
+    d = cached_tiny_setup(reward=False, judge=False)
+    config = {"experts": {"paths": [str(p) for p in d.expert_dirs]},
+              "swarm": {"n_particles": 5, "max_iters": 2, "patience": 3, "seed": 1, "progress": False,
+                        "report_ensemble_k": [1, 3, 10]},
+              "utility": {"type": "multiple_choice", "dev": str(d.data["mc_dev"]), "test": str(d.data["mc_test"])},
+              "output": {"dir": str(tmp_path / "run")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["search", str(tmp_path / "c.yaml"), "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rep = summary["reports"]
+    assert set(rep["ensembles"]["dev"]) == {"1", "3"} and set(rep["ensembles"]["test"]) == {"1", "3"}
+    assert rep["ensembles"]["dev"]["1"]["score"] == pytest.approx(summary["best_dev_utility"])
+    assert rep["ensembles"]["test"]["1"]["score"] == pytest.approx(summary["test_utility"])
+    for split, value in (("dev", summary["best_dev_utility"]), ("test", summary["test_utility"])):
+        em = rep["emergence"][split]
+        assert em["best_right"] == round(value * em["examples"])
+        assert len(em["emerged_ids"]) == em["emerged"] <= em["best_right"]
+    assert (tmp_path / "run" / "trajectory.png").exists()
