@@ -169,7 +169,7 @@ def _register():
     def _pso_step_random_op(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                             gworst: torch.Tensor, phi: torch.Tensor, step: float, key_lo: int, key_hi: int,
                             iteration: int, particle_offset: int, r_lo: float, r_hi: float,
-                            normalize: bool, random_inertia: bool) -> None:
+                            normalize: bool, random_inertia: bool = True) -> None:
         _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step, key_lo, key_hi, iteration,
                                 particle_offset, r_lo, r_hi, normalize, random_inertia, launch=wrap_triton)
 
