@@ -92,16 +92,17 @@ class Projection:
             explained = json.loads(f.metadata()["explained"])
             return cls(f.get_tensor("directions").to(device), f.get_tensor("offset"), explained)
 
-    def coords(self, x: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+    def coords(self, x: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
         """[n, 2] float64 (CPU) coordinates of the rows x [n, D]. Row by row in float64, over chunks of
         D: a row's coordinates do not depend on which other rows are projected with it (the same
         numbers however the particles are sharded)."""
         n, D = x.shape
         out = torch.zeros(n, 2, dtype=torch.float64, device=x.device)
+        if n == 0:
+            return out.cpu()
         for s in range(0, D, chunk):
-            u = self.directions[:, s:s + chunk].double()
-            for i in range(n):
-                out[i] += torch.mv(u, x[i, s:s + chunk].double())
+            u, xs = self.directions[:, s:s + chunk].double(), x[:, s:s + chunk].double()
+            out += torch.stack([torch.mv(u, row) for row in xs])
         return out.cpu() - self.offset
 
 
