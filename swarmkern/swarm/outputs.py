@@ -61,8 +61,6 @@ def plot_history(output_dir: Path, title: str = "Model Swarms search") -> Path |
     history = read_history(output_dir)
     if not history:
         return None
-    import io
-
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -83,10 +81,18 @@ def plot_history(output_dir: Path, title: str = "Model Swarms search") -> Path |
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, Path(output_dir) / PLOT)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    path = Path(output_dir) / PLOT
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -17,7 +17,6 @@ utility's public API (swarmkern/utilities/protocol.py).
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -25,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from swarmkern.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json
+from swarmkern.atomic import atomic_save_safetensors, atomic_write_json
 from swarmkern.utilities.protocol import Ensembling, Predicting
+
+from .outputs import save_figure
 
 if TYPE_CHECKING:
     from .search import Swarm
@@ -159,12 +160,7 @@ def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]]
     ax.set_title(f"Particle trajectories, iterations 0..{len(steps) - 1}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 # -- ensembles, personal-best test utilities, emergence --------------------------------------------------
