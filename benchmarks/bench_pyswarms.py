@@ -1,5 +1,6 @@
 """`Swarm` as a general particle swarm optimiser against pyswarms' GlobalBestPSO, in the same run.
 
+    pip install pyswarms                                     # (with your torch pinned) the only extra it needs
     python benchmarks/bench_pyswarms.py                      # writes benchmarks/results/pyswarms_cpu.md
     python benchmarks/bench_pyswarms.py --seeds 0 1 2 --speed-dims 30 1e5 --out /dev/stdout
 
