@@ -195,3 +195,16 @@ def test_reports_of_a_multiple_choice_search_on_a_tiny_model(tmp_path):
         assert em["best_right"] == round(value * em["examples"])
         assert len(em["emerged_ids"]) == em["emerged"] <= em["best_right"]
     assert (tmp_path / "run" / "trajectory.png").exists()
+
+
+def test_projection_coordinates_do_not_depend_on_the_sharding():
+    """A row's coordinates are the same bits whether it is projected alone, in a group of 3 or with all
+    (torch.distributed runs shard the particles); D spans several chunks with a ragged tail."""
+    g = torch.Generator().manual_seed(5)
+    proj = Projection.of_rows(torch.randn(4, 70_001, generator=g))
+    x = torch.randn(7, 70_001, generator=g)
+    every = proj.coords(x)
+    assert torch.equal(every, torch.cat([proj.coords(x[i:i + 1]) for i in range(7)]))
+    assert torch.equal(every, torch.cat([proj.coords(x[i:i + 3]) for i in range(0, 7, 3)]))
+    exact = x.double() @ proj.directions.double().T - proj.offset
+    torch.testing.assert_close(every, exact, rtol=1e-5, atol=1e-4)
