@@ -79,20 +79,22 @@ def plot_history(output_dir: Path, title: str = "Model Swarms search") -> Path |
     ax.set_xlabel("iteration")
     ax.set_ylabel("utility (dev)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, Path(output_dir) / PLOT)
+    path = Path(output_dir) / PLOT
+    atomic_write_bytes(path, figure_png(fig, ax))
+    return path
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
+def figure_png(fig, ax) -> bytes:
+    """Finish a one-axes matplotlib figure the way every plot here looks (grid, legend) and return it
+    as PNG bytes; the figure is closed."""
     import io
 
     import matplotlib.pyplot as plt
 
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()

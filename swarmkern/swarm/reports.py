@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from swarmkern.atomic import atomic_save_safetensors, atomic_write_json
+from swarmkern.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json
 from swarmkern.utilities.protocol import Ensembling, Predicting
 
-from .outputs import save_figure
+from .outputs import figure_png
 
 if TYPE_CHECKING:
     from .search import Swarm
@@ -160,9 +160,8 @@ def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]]
     ax.set_xlabel(f"principal direction 1 of the experts{var}")
     ax.set_ylabel("principal direction 2" + ("" if not explained else f" ({explained[1]:.0%})"))
     ax.set_title(f"Particle trajectories, iterations 0..{len(steps) - 1}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, path)
+    atomic_write_bytes(path, figure_png(fig, ax))
+    return path
 
 
 # -- ensembles, personal-best test utilities, emergence --------------------------------------------------
