@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -109,9 +110,19 @@ class Projection:
         return out.cpu() - self.offset
 
 
-def projection_of(swarm: "Swarm", resumed: bool) -> Projection:
-    """The projection of a swarm's starting experts: the one saved in its output dir when resuming,
-    else computed from the pool (the same on every process) and saved there."""
+_PROJECTIONS: "weakref.WeakKeyDictionary[Swarm, Projection]" = weakref.WeakKeyDictionary()
+
+
+def projection_for(swarm: "Swarm") -> Projection:
+    """The projection of a swarm's starting experts, built on first use and kept while the swarm lives:
+    a resumed run (its history already holds lines) reads the one saved in its output dir, a new
+    run computes it from the pool (the same on every process) and saves it there."""
+    if swarm not in _PROJECTIONS:
+        _PROJECTIONS[swarm] = _projection_of(swarm, resumed=bool(swarm.history))
+    return _PROJECTIONS[swarm]
+
+
+def _projection_of(swarm: "Swarm", resumed: bool) -> Projection:
     path = None if swarm.output_dir is None else swarm.output_dir / PROJECTION
     if resumed and path is not None and path.exists():
         return Projection.load(path, swarm.device)
@@ -124,10 +135,10 @@ def projection_of(swarm: "Swarm", resumed: bool) -> Projection:
     return projection
 
 
-def pca_xy(swarm: "Swarm", projection: Projection) -> list[list[float]]:
+def pca_xy(swarm: "Swarm") -> list[list[float]]:
     """Every particle's (x, y) now, gathered from all processes: [[x, y] per particle] (6 significant digits)."""
     buf, coll, P = swarm.buffers, swarm.collective, swarm.n_particles
-    local = projection.coords(buf.x)
+    local = projection_for(swarm).coords(buf.x)
     xs = coll.all_gather_scores(local[:, 0].contiguous(), P).tolist()
     ys = coll.all_gather_scores(local[:, 1].contiguous(), P).tolist()
     return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in zip(xs, ys)]

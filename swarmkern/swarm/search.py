@@ -133,8 +133,6 @@ class Swarm:
         self.book: Bookkeeping | None = None
         self.history: list[dict[str, Any]] = []
         self._pending: _Pending | None = None  # the last ask(), until its tell()
-        self._projection: reports.Projection | None = None  # built on first use (report_trajectory)
-        self._resumed = False
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
         self._last_checkpoint_s = 0.0
@@ -260,7 +258,6 @@ class Swarm:
         self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
         self._point_gbest()
         self._pending = None
-        self._projection, self._resumed = None, True
         self._session_start = time.perf_counter()
         self._wall_base = self.book.wall_seconds
         self._last_checkpoint_s = 0.0
@@ -271,9 +268,7 @@ class Swarm:
 
     def trajectory_projection(self) -> reports.Projection:
         """The projection on the starting experts' first two principal directions (history's pca_xy)."""
-        if self._projection is None:
-            self._projection = reports.projection_of(self, self._resumed)
-        return self._projection
+        return reports.projection_for(self)
 
     def export_best(self, path: str | Path) -> Path:
         """Write the global best in the experts' own format (PEFT adapter dir or .safetensors)."""
@@ -563,7 +558,7 @@ class Swarm:
                "step": step, "restarts": restarts, "skipped": skipped, "improved": improved,
                "nonfinite": nonfinite, "timings": timings}
         if self.config.report_trajectory:
-            rec["pca_xy"] = reports.pca_xy(self, self.trajectory_projection())
+            rec["pca_xy"] = reports.pca_xy(self)
         self.history.append(rec)
         if self.output_dir is not None and self.collective.rank == 0:
             book.history_bytes = outputs.append_history(self.output_dir, rec)
