@@ -208,3 +208,17 @@ def test_projection_coordinates_do_not_depend_on_the_sharding():
     assert torch.equal(every, torch.cat([proj.coords(x[i:i + 3]) for i in range(0, 7, 3)]))
     exact = x.double() @ proj.directions.double().T - proj.offset
     torch.testing.assert_close(every, exact, rtol=1e-5, atol=1e-4)
+
+
+def test_a_non_finite_expert_does_not_break_the_trajectory(tmp_path):
+    """An expert with an inf entry: the PCA counts it as 0, that particle's coordinates are null while
+    it sits there, the plot is still drawn and summary.json stays strict JSON."""
+    start = _start(P=4)
+    start[2, 0] = math.inf
+    score = lambda x: torch.where(torch.isfinite(x).all(1), -(x.double() ** 2).sum(1), math.nan)  # noqa: E731
+    sw = Swarm(SwarmConfig(max_iters=2, patience=50, progress=False, velocity_init="zero"), start, score,
+               output_dir=tmp_path)
+    sw.run()
+    assert sw.history[0]["pca_xy"][2] == [None, None] and None not in sw.history[0]["pca_xy"][0]
+    json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert (tmp_path / "trajectory.png").exists()

@@ -53,12 +53,13 @@ class Projection:
 
     @classmethod
     def of_rows(cls, rows: torch.Tensor, chunk: int = 1 << 20) -> "Projection":
-        """From the expert rows [K, D] (any float dtype), streaming D in chunks with float64 math."""
+        """From the expert rows [K, D] (any float dtype), streaming D in chunks with float64 math.
+        Non-finite entries count as 0 (a broken expert must not break the report)."""
         K, D = rows.shape
         mean = torch.zeros(D, dtype=torch.float64, device=rows.device)
         gram = torch.zeros(K, K, dtype=torch.float64, device=rows.device)
         for s in range(0, D, chunk):
-            part = rows[:, s:s + chunk].double()
+            part = torch.nan_to_num(rows[:, s:s + chunk].double(), nan=0.0, posinf=0.0, neginf=0.0)
             mean[s:s + chunk] = part.mean(0)
             centred = part - mean[s:s + chunk]
             gram += centred @ centred.T
@@ -77,8 +78,8 @@ class Projection:
         coefs = coefs.to(rows.device)
         directions = torch.empty(2, D, dtype=torch.float32, device=rows.device)
         for s in range(0, D, chunk):
-            centred = rows[:, s:s + chunk].double() - mean[s:s + chunk]
-            directions[:, s:s + chunk] = (coefs @ centred).float()
+            part = torch.nan_to_num(rows[:, s:s + chunk].double(), nan=0.0, posinf=0.0, neginf=0.0)
+            directions[:, s:s + chunk] = (coefs @ (part - mean[s:s + chunk])).float()
         offset = (directions.double() @ mean).cpu()
         return cls(directions, offset, explained)
 
@@ -136,12 +137,13 @@ def _projection_of(swarm: "Swarm", resumed: bool) -> Projection:
 
 
 def pca_xy(swarm: "Swarm") -> list[list[float]]:
-    """Every particle's (x, y) now, gathered from all processes: [[x, y] per particle] (6 significant digits)."""
+    """Every particle's (x, y) now, gathered from all processes: [[x, y] per particle] (6 significant
+    digits; null for a particle at a non-finite location)."""
     buf, coll, P = swarm.buffers, swarm.collective, swarm.n_particles
     local = projection_for(swarm).coords(buf.x)
     xs = coll.all_gather_scores(local[:, 0].contiguous(), P).tolist()
     ys = coll.all_gather_scores(local[:, 1].contiguous(), P).tolist()
-    return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in zip(xs, ys)]
+    return [[_json_float(f"{a:.6g}"), _json_float(f"{b:.6g}")] for a, b in zip(xs, ys)]
 
 
 def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]], best_index: int,
@@ -149,7 +151,8 @@ def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]]
     """trajectory.png: each particle's path in the experts' principal plane (start: circle, end: dot;
     the particle that holds the global best in colour), the experts named at their start, and the
     global best location (that particle's personal best) as a star at best_xy."""
-    steps = [h["pca_xy"] for h in history if h.get("pca_xy")]
+    nan = float("nan")
+    steps = [[[nan if c is None else c for c in xy] for xy in h["pca_xy"]] for h in history if h.get("pca_xy")]
     if not steps:
         return None
     import matplotlib
@@ -166,7 +169,8 @@ def plot_trajectory(history: list[dict[str, Any]], origins: list[dict[str, Any]]
         ax.scatter(xs[-1:], ys[-1:], s=8, color=color)
         if origins[i].get("kind") == "expert":
             ax.annotate(origins[i]["name"], (xs[0], ys[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.scatter([best_xy[0]], [best_xy[1]], marker="*", s=160, color="C3", zorder=5, label="global best")
+    bx, by = (nan if c is None else c for c in best_xy)
+    ax.scatter([bx], [by], marker="*", s=160, color="C3", zorder=5, label="global best")
     var = "" if not explained else f" ({explained[0]:.0%} of the variance)"
     ax.set_xlabel(f"principal direction 1 of the experts{var}")
     ax.set_ylabel("principal direction 2" + ("" if not explained else f" ({explained[1]:.0%})"))
@@ -306,7 +310,7 @@ def end_of_search(swarm: "Swarm", summary: dict[str, Any]) -> dict[str, Any]:
         _prediction_reports(swarm, report)
     if cfg.report_trajectory:
         projection = swarm.trajectory_projection()
-        best_xy = projection.coords(swarm.buffers.gbest.unsqueeze(0))[0].tolist()
+        best_xy = [_json_float(c) for c in projection.coords(swarm.buffers.gbest.unsqueeze(0))[0].tolist()]
         report["trajectory"] = {"explained_variance": projection.explained, "best_xy": best_xy, "plot": None}
     if swarm.output_dir is not None and swarm.collective.rank == 0:
         if cfg.report_trajectory:
