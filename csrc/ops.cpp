@@ -45,7 +45,8 @@ TORCH_LIBRARY(swarmkern, m) {
       "float step) -> ()");
   m.def(
       "pso_step_random_(Tensor(a!) x, Tensor(b!) v, Tensor pbest, Tensor gbest, Tensor gworst, Tensor phi, "
-      "float step, int seed, int iteration, int particle_offset, float r_lo, float r_hi, bool normalize) -> ()");
+      "float step, int seed, int iteration, int particle_offset, float r_lo, float r_hi, bool normalize, "
+      "bool random_inertia=True) -> ()");
   m.def("combine(Tensor src, Tensor weights) -> Tensor");
   m.def("combine_out(Tensor src, Tensor weights, Tensor(a!) out) -> ()");
   // Fused merge kernels (csrc/cpu/merge_*.cpp; CPU only). method: 0 = "total", 1 = "frequency" sign election.

@@ -61,7 +61,7 @@ def _sha(t: torch.Tensor) -> str:
 
 
 def _strip_summary(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k not in ("wall_seconds", "best_path", "config")}
+    return {k: v for k, v in s.items() if k not in ("wall_seconds", "best_path", "config", "reports")}
 
 
 def record(name: str, drive=None, output_dir=None) -> dict:
@@ -79,7 +79,7 @@ def record(name: str, drive=None, output_dir=None) -> dict:
                output_dir=output_dir)
     result = (drive or Swarm.run)(sw)
     sw = getattr(result, "swarm", sw)
-    history = [{k: v for k, v in h.items() if k != "timings"} for h in sw.history]
+    history = [{k: v for k, v in h.items() if k not in ("timings", "pca_xy")} for h in sw.history]
     return {"history": json.loads(json.dumps(history)), "summary": json.loads(json.dumps(_strip_summary(result.summary))),
             "calls": calls, "buffers": {k: _sha(t) for k, t in sw.buffers.tensors().items()},
             "best": _sha(result.best)}

@@ -91,8 +91,10 @@ def test_pso_step_matches_reference(backend_device, P, D, dtype):
 @pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("P,D", [(1, 1), (3, 7), (8, 4097), (3, 278011)])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_pso_step_random_matches_reference(backend_device, P, D, dtype, normalize):
+# (normalize, random_inertia): Model Swarms' per-element variant, unnormalised, and the classic update
+@pytest.mark.parametrize("normalize,random_inertia", [(True, True), (False, True), (False, False)],
+                         ids=["normalized", "raw", "classic"])
+def test_pso_step_random_matches_reference(backend_device, P, D, dtype, normalize, random_inertia):
     backend, device = backend_device
     _need(backend)
     x, v, p, gb, gw = _state(P, D, dtype, device, seed=7 * P + D)
@@ -103,13 +105,33 @@ def test_pso_step_random_matches_reference(backend_device, P, D, dtype, normaliz
     phi = phi.to(device)
     steps = STEPS if P * D < 100_000 else 2  # the pure-torch Philox reference is slow at 2M elements
     for it in range(steps):
-        args = (0.8, 0xDEADBEEFCAFEF00D, 40 + it, 5, 0.1, 0.9, normalize)
+        args = (0.8, 0xDEADBEEFCAFEF00D, 40 + it, 5, 0.1, 0.9, normalize, random_inertia)
         ops.pso_step_random_(x, v, p, gb, gw, phi, *args, backend=backend)
-        reference.pso_step_random_(rx, rv, p, gb, gw, phi, 0.8, 0xDEADBEEFCAFEF00D, 40 + it, 5, 0.1, 0.9, normalize)
+        reference.pso_step_random_(rx, rv, p, gb, gw, phi, *args)
         assert_bits_equal(v, rv, f"v after step {it}")
         assert_bits_equal(x, rx, f"x after step {it}")
     if P > 1 and normalize:
         assert not torch.isnan(v[1].float()).any()
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS + [pytest.param(("reference", "cpu"), id="reference")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_constant_inertia_is_phi_v_exactly(backend_device, dtype):
+    """random_inertia=False: with only phi_v nonzero the new velocity is phi_v * v exactly (no random
+    factor), and x moves by step * that; with the random factor it is not (the flag is honoured)."""
+    backend, device = backend_device
+    if backend != "reference":
+        _need(backend)
+    x, v, p, gb, gw = _state(3, 1001, dtype, device, seed=11)
+    phi = torch.tensor([[0.7, 0.0, 0.0, 0.0]]).repeat(3, 1).to(device)
+    x0, v0 = x.float().clone(), v.float().clone()
+    ops.pso_step_random_(x, v, p, gb, gw, phi, 1.0, 5, 1, 0, 0.0, 1.0, False, False, backend=backend)
+    expected_v = torch.tensor(0.7) * v0
+    assert_bits_equal(v, expected_v.to(dtype), "v = phi_v * v")
+    assert_bits_equal(x, (x0 + expected_v).to(dtype), "x = x + v")
+    x, v = x0.to(dtype), v0.to(dtype)
+    ops.pso_step_random_(x, v, p, gb, gw, phi, 1.0, 5, 1, 0, 0.0, 1.0, False, True, backend=backend)
+    assert (v.float() - expected_v.to(dtype).float()).abs().max() > 0.1, "random inertia must differ"
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)

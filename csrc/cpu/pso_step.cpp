@@ -135,6 +135,7 @@ struct RandomParams {
   int64_t particle_offset;
   float lo, span, step;
   bool normalize;
+  bool random_inertia;  // false: the inertia coefficient is phi_v itself (classic constant inertia)
 };
 
 // Uniforms of `n` (<= kPair) consecutive elements starting at j for one particle, term-major: u[k*kPair + e].
@@ -171,7 +172,7 @@ void pso_step_random_kernel(T* x, T* v, const T* p, const T* g, const T* w, cons
         // One Vec of elements (uniforms at u + h): coefficients, then the rule.
         auto update = [&](int64_t h, const Vec& xs, const Vec& vs, const Vec& ps, const Vec& gs, const Vec& ws,
                           Vec& x_new, Vec& v_new) {
-          const PsoCoef<Vec> c{random_coef(Vec::loadu(u + h), lo, span, phv),
+          const PsoCoef<Vec> c{rp.random_inertia ? random_coef(Vec::loadu(u + h), lo, span, phv) : phv,
                                random_coef(Vec::loadu(u + kPair + h), lo, span, php),
                                random_coef(Vec::loadu(u + 2 * kPair + h), lo, span, phg),
                                random_coef(Vec::loadu(u + 3 * kPair + h), lo, span, phw)};
@@ -199,7 +200,7 @@ void pso_step_random_kernel(T* x, T* v, const T* p, const T* g, const T* w, cons
           fill_uniforms(rp, particle, j0 + n_pair, n - n_pair, u);
           for (int64_t e = n_pair; e < n; ++e) {
             const int64_t h = e - n_pair;
-            const PsoCoef<float> c{random_coef(u[h], rp.lo, rp.span, ph[0]),
+            const PsoCoef<float> c{rp.random_inertia ? random_coef(u[h], rp.lo, rp.span, ph[0]) : ph[0],
                                    random_coef(u[kPair + h], rp.lo, rp.span, ph[1]),
                                    random_coef(u[2 * kPair + h], rp.lo, rp.span, ph[2]),
                                    random_coef(u[3 * kPair + h], rp.lo, rp.span, ph[3])};
@@ -231,14 +232,14 @@ void pso_step_cpu(const at::Tensor& x, const at::Tensor& v, const at::Tensor& pb
 void pso_step_random_cpu(const at::Tensor& x, const at::Tensor& v, const at::Tensor& pbest,
                          const at::Tensor& gbest, const at::Tensor& gworst, const at::Tensor& phi, double step,
                          int64_t seed, int64_t iteration, int64_t particle_offset, double r_lo, double r_hi,
-                         bool normalize) {
+                         bool normalize, bool random_inertia) {
   check_swarm_args("swarmkern.pso_step_random_", x, v, pbest, gbest, gworst, phi, c10::DeviceType::CPU);
   if (x.numel() == 0) return;
   const Rows r = rows_of(x, v, pbest);
   // Rounded exactly as the reference: lo = fp32(r_lo), span = fp32(r_hi - r_lo) computed in double.
   const RandomParams rp{static_cast<uint64_t>(seed), static_cast<uint32_t>(static_cast<uint64_t>(iteration)),
                         particle_offset, static_cast<float>(r_lo), static_cast<float>(r_hi - r_lo),
-                        static_cast<float>(step), normalize};
+                        static_cast<float>(step), normalize, random_inertia};
   dispatch_storage(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     pso_step_random_kernel<T>(x.data_ptr<T>(), v.data_ptr<T>(), pbest.data_ptr<T>(), gbest.data_ptr<T>(),

@@ -84,7 +84,8 @@ __device__ __forceinline__ void update_columns(const SwarmArgs& a, const RandomA
       if constexpr (RANDOM) {
         float u[4];
         element_uniforms(rnd.seed, rnd.iteration, particle, j + e, u);
-        const PsoCoef<float> c{random_coef(u[0], rnd.lo, rnd.span, cf.x), random_coef(u[1], rnd.lo, rnd.span, cf.y),
+        const float c_v = rnd.random_inertia ? random_coef(u[0], rnd.lo, rnd.span, cf.x) : cf.x;
+        const PsoCoef<float> c{c_v, random_coef(u[1], rnd.lo, rnd.span, cf.y),
                                random_coef(u[2], rnd.lo, rnd.span, cf.z), random_coef(u[3], rnd.lo, rnd.span, cf.w)};
         n = pso_velocity(c, xs[e], vs[e], ps[e], g[e], w[e]);
         if (rnd.normalize) n = normalized_or_zero(n, coef_total(c));

@@ -31,6 +31,7 @@ struct RandomArgs {
   int64_t particle_offset;
   float lo, span;  // r = lo + span * u, both already rounded to fp32 like the reference
   bool normalize;
+  bool random_inertia;  // false: the inertia coefficient is phi_v itself (classic constant inertia)
 };
 
 // src [K, D] (row stride s_src), weights [M, K] float32 contiguous, out [M, D] (row stride s_out).

@@ -55,13 +55,14 @@ void pso_step_cuda(const at::Tensor& x, const at::Tensor& v, const at::Tensor& p
 void pso_step_random_cuda(const at::Tensor& x, const at::Tensor& v, const at::Tensor& pbest,
                           const at::Tensor& gbest, const at::Tensor& gworst, const at::Tensor& phi, double step,
                           int64_t seed, int64_t iteration, int64_t particle_offset, double r_lo, double r_hi,
-                          bool normalize) {
+                          bool normalize, bool random_inertia) {
   check_swarm_args("swarmkern.pso_step_random_", x, v, pbest, gbest, gworst, phi, c10::DeviceType::CUDA);
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor table = aligned_table(phi);
   const RandomArgs random{static_cast<uint64_t>(seed), static_cast<uint32_t>(static_cast<uint64_t>(iteration)),
-                          particle_offset, static_cast<float>(r_lo), static_cast<float>(r_hi - r_lo), normalize};
+                          particle_offset, static_cast<float>(r_lo), static_cast<float>(r_hi - r_lo), normalize,
+                          random_inertia};
   C10_CUDA_CHECK(launch_pso_step_random(swarm_args(x, v, pbest, gbest, gworst, table, step), random,
                                         c10::cuda::getCurrentCUDAStream()));
 }

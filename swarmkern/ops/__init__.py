@@ -2,7 +2,7 @@
 
     pso_step_(x, v, pbest, gbest, gworst, coef, step, *, backend=None)
     pso_step_random_(x, v, pbest, gbest, gworst, phi, step, seed, iteration, particle_offset=0,
-                     r_lo=0.0, r_hi=1.0, normalize=True, *, backend=None)
+                     r_lo=0.0, r_hi=1.0, normalize=True, random_inertia=True, *, backend=None)
     combine(src, weights, out=None, *, backend=None)
 
 Backends: "cpu" (C++ at::vec + OpenMP), "cuda" (CUDA kernels), "triton" (GPU, or its interpreter with
@@ -133,32 +133,33 @@ def pso_step_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torc
 
 def pso_step_random_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                      gworst: torch.Tensor, phi: torch.Tensor, step: float, seed: int, iteration: int,
-                     particle_offset: int = 0, r_lo: float = 0.0, r_hi: float = 1.0, normalize: bool = True, *,
-                     backend: str | None = None) -> None:
+                     particle_offset: int = 0, r_lo: float = 0.0, r_hi: float = 1.0, normalize: bool = True,
+                     random_inertia: bool = True, *, backend: str | None = None) -> None:
     """Classic PSO step with per-element random coefficients, in place (shapes as pso_step_).
 
     For particle i (global index particle_offset + i) and element j, Philox-4x32-10 keyed by `seed` with
     counter (j mod 2^32, j >> 32, particle, iteration mod 2^32) gives u_0..u_3 in [0, 1);
-    r_k = r_lo + (r_hi - r_lo)*u_k; a, b, c, d = r_k * phi[i, k] (phi: [P, 4] = phi_v, phi_p, phi_g, phi_w);
+    r_k = r_lo + (r_hi - r_lo)*u_k; a, b, c, d = r_k * phi[i, k] (phi: [P, 4] = phi_v, phi_p, phi_g, phi_w),
+    except a = phi_v when random_inertia is False (the classic constant inertia weight; u_0 is drawn anyway);
     v <- (a*v + b*(pbest - x) + c*(gbest - x) + d*(x - gworst)) / (a+b+c+d) if normalize (0 where the sum
     is 0) else the numerator; x <- x + step*v. The same numbers on every backend and any sharding.
     """
     op = "swarmkern.ops.pso_step_random_"
     phi32, step = _validate.check_swarm(op, x, v, pbest, gbest, gworst, phi, "phi", step)
-    seed_i64, iteration, particle_offset, r_lo, r_hi, normalize = _validate.check_random_scalars(
-        op, seed, iteration, particle_offset, r_lo, r_hi, normalize)
+    seed_i64, iteration, particle_offset, r_lo, r_hi, normalize, random_inertia = _validate.check_random_scalars(
+        op, seed, iteration, particle_offset, r_lo, r_hi, normalize, random_inertia)
     name = _resolve(op, backend, x.device)
     if name in ("cpu", "cuda"):
         torch.ops.swarmkern.pso_step_random_(x, v, pbest, gbest, gworst, phi32, step, seed_i64, iteration,
-                                             particle_offset, r_lo, r_hi, normalize)
+                                             particle_offset, r_lo, r_hi, normalize, random_inertia)
         return
     seed_u64 = seed_i64 & 0xFFFFFFFFFFFFFFFF
     if name == "triton":
         _extension.triton_module().pso_step_random_(x, v, pbest, gbest, gworst, phi32, step, seed_u64, iteration,
-                                                    particle_offset, r_lo, r_hi, normalize)
+                                                    particle_offset, r_lo, r_hi, normalize, random_inertia)
     else:
         reference.pso_step_random_(x, v, pbest, gbest, gworst, phi32, step, seed_u64, iteration, particle_offset,
-                                   r_lo, r_hi, normalize)
+                                   r_lo, r_hi, normalize, random_inertia)
 
 
 def combine(src: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None, *,

@@ -14,7 +14,7 @@ def _pso_step_fake(x, v, pbest, gbest, gworst, coef, step) -> None:
 
 @torch.library.register_fake("swarmkern::pso_step_random_")
 def _pso_step_random_fake(x, v, pbest, gbest, gworst, phi, step, seed, iteration, particle_offset, r_lo, r_hi,
-                          normalize) -> None:
+                          normalize, random_inertia=True) -> None:
     torch._check(v.shape == x.shape and pbest.shape == x.shape, lambda: "pso_step_random_: shapes differ")
     return None
 

@@ -110,8 +110,10 @@ def check_swarm(op: str, x, v, pbest, gbest, gworst, table, table_name: str, ste
     return coef, step
 
 
-def check_random_scalars(op: str, seed, iteration, particle_offset, r_lo, r_hi, normalize) -> tuple:
-    """(seed as a signed int64 holding the 64-bit key, iteration mod 2^32, particle_offset, r_lo, r_hi, normalize)."""
+def check_random_scalars(op: str, seed, iteration, particle_offset, r_lo, r_hi, normalize,
+                         random_inertia=True) -> tuple:
+    """(seed as a signed int64 holding the 64-bit key, iteration mod 2^32, particle_offset, r_lo, r_hi, normalize,
+    random_inertia)."""
     seed = _integer(op, "seed", seed) & 0xFFFFFFFFFFFFFFFF
     seed = seed - (1 << 64) if seed >= 1 << 63 else seed
     iteration = _integer(op, "iteration", iteration) & 0xFFFFFFFF
@@ -121,7 +123,9 @@ def check_random_scalars(op: str, seed, iteration, particle_offset, r_lo, r_hi, 
     r_lo, r_hi = _real(op, "r_lo", r_lo), _real(op, "r_hi", r_hi)
     if not isinstance(normalize, bool):
         raise TypeError(f"{op}: normalize must be a bool, got {type(normalize).__name__}")
-    return seed, iteration, particle_offset, r_lo, r_hi, normalize
+    if not isinstance(random_inertia, bool):
+        raise TypeError(f"{op}: random_inertia must be a bool, got {type(random_inertia).__name__}")
+    return seed, iteration, particle_offset, r_lo, r_hi, normalize, random_inertia
 
 
 def check_combine(src, weights, out) -> torch.Tensor:

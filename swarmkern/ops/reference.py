@@ -30,12 +30,13 @@ def pso_step_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torc
 def pso_step_random_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                      gworst: torch.Tensor, phi: torch.Tensor, step: float, seed: int, iteration: int,
                      particle_offset: int = 0, r_lo: float = 0.0, r_hi: float = 1.0,
-                     normalize: bool = True) -> None:
+                     normalize: bool = True, random_inertia: bool = True) -> None:
     """Per-element random coefficients (classic PSO). For particle i (global index
     particle_offset + i) and element j, Philox-4x32-10 with key = seed and counter
     (j mod 2^32, j >> 32, particle, iteration) gives four uniforms u_0..u_3 in [0, 1);
     r_k = r_lo + (r_hi - r_lo) * u_k, and with phi [P, 4] = (phi_v, phi_p, phi_g, phi_w):
-        a, b, c, d = r_0*phi_v, r_1*phi_p, r_2*phi_g, r_3*phi_w
+        a, b, c, d = r_0*phi_v, r_1*phi_p, r_2*phi_g, r_3*phi_w   (a = phi_v without random_inertia:
+                                                                the classic constant inertia weight)
         n = a*v + b*(pbest - x) + c*(gbest - x) + d*(x - gworst)
         v <- n / (a + b + c + d)  if normalize (0 where the sum is 0), else n
         x <- x + step * v
@@ -49,6 +50,8 @@ def pso_step_random_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbes
     r = lo + span * u
     ph = phi.float().unsqueeze(1)  # [P, 1, 4]
     a, b, c, d = (r[..., k] * ph[..., k] for k in range(4))
+    if not random_inertia:  # u_0 is still drawn (the streams do not depend on the flag), just unused
+        a = ph[..., 0].expand_as(b)
     xf, vf, pf = x.float(), v.float(), pbest.float()
     gf, wf = gbest.float().unsqueeze(0), gworst.float().unsqueeze(0)
     n = a * vf + b * (pf - xf) + c * (gf - xf) + d * (xf - wf)

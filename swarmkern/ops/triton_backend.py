@@ -2,7 +2,7 @@
 
     pso_step_(x, v, pbest, gbest, gworst, coef, step) -> None
     pso_step_random_(x, v, pbest, gbest, gworst, phi, step, seed, iteration, particle_offset=0,
-                     r_lo=0.0, r_hi=1.0, normalize=True) -> None
+                     r_lo=0.0, r_hi=1.0, normalize=True, random_inertia=True) -> None
     combine(src, weights, out=None) -> Tensor
 
 Same signatures and results as swarmkern/ops/reference.py (fp32 bit for bit; 16-bit storage rounded
@@ -115,7 +115,7 @@ def _launch_pso_step(x, v, pbest, gbest, gworst, coef, step: float, *, block: in
 
 def _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step: float, k_lo: int, k_hi: int,
                             iteration: int, particle_offset: int, r_lo: float, r_hi: float, normalize: bool,
-                            *, elem_start: int = 0, block: int | None = None,
+                            random_inertia: bool = True, *, elem_start: int = 0, block: int | None = None,
                             particles_per_program: int | None = None, launch=None) -> None:
     P, D = x.shape
     if P == 0 or D == 0:
@@ -129,7 +129,7 @@ def _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step: float, k_lo: 
     kernel[grid](x, v, pbest, gbest, gworst, phi, float(step), float(r_lo), float(r_hi - r_lo),
                  int(k_lo), int(k_hi), int(iteration) & 0xFFFFFFFF, int(particle_offset) & 0xFFFFFFFF,
                  int(elem_start), P, D, x.stride(0), v.stride(0), pbest.stride(0), phi.stride(0), ppp,
-                 NORMALIZE=bool(normalize), BLOCK=block)
+                 NORMALIZE=bool(normalize), BLOCK=block, RANDOM_INERTIA=bool(random_inertia))
 
 
 def _combine_blocks(M: int, D: int) -> tuple[int, int]:
@@ -173,9 +173,9 @@ def _register():
     def _pso_step_random_op(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                             gworst: torch.Tensor, phi: torch.Tensor, step: float, key_lo: int, key_hi: int,
                             iteration: int, particle_offset: int, r_lo: float, r_hi: float,
-                            normalize: bool) -> None:
+                            normalize: bool, random_inertia: bool = True) -> None:
         _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step, key_lo, key_hi, iteration,
-                                particle_offset, r_lo, r_hi, normalize, launch=wrap_triton)
+                                particle_offset, r_lo, r_hi, normalize, random_inertia, launch=wrap_triton)
 
     @triton_op(f"{NAMESPACE}::{PREFIX}combine", mutates_args={})
     def _combine_op(src: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -229,18 +229,18 @@ def pso_step_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torc
 def pso_step_random_(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                      gworst: torch.Tensor, phi: torch.Tensor, step: float, seed: int, iteration: int,
                      particle_offset: int = 0, r_lo: float = 0.0, r_hi: float = 1.0,
-                     normalize: bool = True) -> None:
+                     normalize: bool = True, random_inertia: bool = True) -> None:
     """In place, classic PSO with per-element Philox-4x32-10 coefficients (see reference.pso_step_random_).
     Shapes as pso_step_, phi [P, 4] float32 (phi_v, phi_p, phi_g, phi_w); seed is any 64-bit integer."""
     _require()
     k_lo, k_hi = _split_seed(seed)
     if INTERPRET:
         _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step, k_lo, k_hi, iteration,
-                                particle_offset, r_lo, r_hi, normalize)
+                                particle_offset, r_lo, r_hi, normalize, random_inertia)
     else:
         _register().pso_step_random_(x, v, pbest, gbest, gworst, phi, float(step), k_lo, k_hi,
                                      int(iteration) & 0xFFFFFFFF, int(particle_offset) & 0xFFFFFFFF,
-                                     float(r_lo), float(r_hi), bool(normalize))
+                                     float(r_lo), float(r_hi), bool(normalize), bool(random_inertia))
 
 
 def _may_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

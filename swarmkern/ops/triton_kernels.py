@@ -174,10 +174,10 @@ def pso_step_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, coef_ptr, step, P, D,
 def pso_step_random_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, phi_ptr, step, r_lo, r_span,
                            k_lo, k_hi, iteration, particle_offset, elem_start, P, D,
                            stride_x, stride_v, stride_p, stride_c, PARTICLES_PER_PROGRAM,
-                           NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+                           NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, RANDOM_INERTIA: tl.constexpr = True):
     """As pso_step_kernel, with per-element coefficients: for particle i and element j the Philox words
     of counter (j lo, j hi, particle_offset + i, iteration) give r_k = r_lo + r_span*u_k and
-    a, b, c, d = r_k * phi[i, k];  n = a*v + b*(p - x) + c*(g - x) + d*(x - w);
+    a, b, c, d = r_k * phi[i, k] (a = phi[i, 0] without RANDOM_INERTIA);  n = a*v + b*(p - x) + c*(g - x) + d*(x - w);
     v <- n / (a + b + c + d) (0 where the sum is 0) if NORMALIZE else n;  x <- x + step*v.
     elem_start shifts the element index of the stream (0 for a whole buffer)."""
     offs, g, w, first, xp, vp, pp = _block_start(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, D, stride_x, stride_v,
@@ -193,7 +193,10 @@ def pso_step_random_kernel(x_ptr, v_ptr, p_ptr, g_ptr, w_ptr, phi_ptr, step, r_l
         ph_g = tl.load(cp + 2)
         ph_w = tl.load(cp + 3)
         u0, u1, u2, u3 = _philox_words(k_lo, k_hi, elem, particle_offset + first + j, iteration, BLOCK)
-        a = _mul(_add(r_lo, _mul(r_span, _uniform(u0))), ph_v)
+        if RANDOM_INERTIA:
+            a = _mul(_add(r_lo, _mul(r_span, _uniform(u0))), ph_v)
+        else:  # the classic constant inertia weight, broadcast to the block
+            a = tl.zeros([BLOCK], dtype=tl.float32) + ph_v
         b = _mul(_add(r_lo, _mul(r_span, _uniform(u1))), ph_p)
         c = _mul(_add(r_lo, _mul(r_span, _uniform(u2))), ph_g)
         d = _mul(_add(r_lo, _mul(r_span, _uniform(u3))), ph_w)

@@ -3,9 +3,13 @@ code's (the values their run scripts set instead are named in the descriptions);
 execution fields are swarmkern's own."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# What `update: classic` sets when the config does not name the field (x <- x + v, no decay, no repel,
+# per-element factors); a conflicting explicit value of the last two is an error.
+_CLASSIC_DEFAULTS = {"step": 1.0, "step_factor": 1.0, "repel": False, "randomness": "element"}
 
 
 class SwarmConfig(BaseModel):
@@ -32,6 +36,16 @@ class SwarmConfig(BaseModel):
         "evaluation."))
 
     # -- the update -----------------------------------------------------------------------------
+    update: Literal["model_swarms", "classic"] = Field("model_swarms", description=(
+        "model_swarms: the paper's rule (random factors on all four terms, normalised by their sum, "
+        "repel, decaying step; for expert pools). classic: textbook global-best PSO "
+        "v <- phi_v*v + r1*phi_p*(pbest - x) + r2*phi_g*(gbest - x), x <- x + v, with per-element r1, r2 ~ "
+        "U(r_range), a constant inertia phi_v (no random factor), no normalisation and no repel (for "
+        "benchmark functions; pyswarms' GlobalBestPSO with w=phi_v, c1=phi_p, c2=phi_g). It sets step 1, "
+        "step_factor 1, repel false and randomness element unless the config names them."))
+    bounds: tuple[float, float] | None = Field(None, description=(
+        "Position bounds (lo, hi): every coordinate is clipped into [lo, hi] after each update (the "
+        "velocity is kept). None: unbounded (as pyswarms without bounds)."))
     phi_v: float = Field(0.4, ge=0, description="Inertia weight.")
     phi_p: float = Field(0.3, ge=0, description="Cognitive weight (pull to the personal best).")
     phi_g: float = Field(0.3, ge=0, description="Social weight (pull to the global best).")
@@ -64,6 +78,21 @@ class SwarmConfig(BaseModel):
     drop_n: float = Field(0.0, ge=0, le=1, description="dropN: probability of skipping one particle's evaluation.")
     batch_size: int | None = Field(None, ge=1, description="Most particles per utility call (None: all at once).")
 
+    # -- reports at the end of a search (swarmkern/swarm/reports.py; reports.json) ---------------------
+    report_pbest_test: bool = Field(False, description=(
+        "Score every final personal best on the test utility (costs P test evaluations)."))
+    report_ensemble_k: tuple[int, ...] = Field((3, 5, 10), description=(
+        "Top-k prediction ensembles of the final personal bests (best dev utility first), on dev and "
+        "test, for each k <= P; needs a utility with the ensemble capability; () turns them off. Costs "
+        "max(k) dev and max(k) test predictions (one call each)."))
+    report_emergence: bool = Field(True, description=(
+        "Correctness emergence: the dev/test examples that no starting particle got right but the final "
+        "global best does (needs 0/1 per-example scores; costs P + 1 dev and P + 1 test predictions, "
+        "the starting particles rebuilt in batches of batch_size)."))
+    report_trajectory: bool = Field(True, description=(
+        "Record every particle's position projected on the first two principal directions of the "
+        "starting experts in history.jsonl (pca_xy) and plot them as trajectory.png."))
+
     # -- execution --------------------------------------------------------------------------------
     seed: int = Field(0, ge=0, lt=2 ** 64, description="Key of every random draw (Philox counter-based).")
     backend: str | None = Field(None, description="Kernel backend for ops.pso_step_ (None: fastest available).")
@@ -92,8 +121,24 @@ class SwarmConfig(BaseModel):
         "snapshot is also written after the initial evaluation and at the end."))
     progress: bool = Field(True, description="Show a progress bar.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _classic_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("update") == "classic":
+            data = {**_CLASSIC_DEFAULTS, **data}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "SwarmConfig":
+        if self.update == "classic":
+            if self.repel:
+                raise ValueError("repel: the classic update has no repel term (set repel: false)")
+            if self.randomness != "element":
+                raise ValueError("randomness: the classic update draws per-element factors (set randomness: element)")
+        if any(k < 1 for k in self.report_ensemble_k):
+            raise ValueError(f"report_ensemble_k: every k must be >= 1, got {list(self.report_ensemble_k)}")
+        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"bounds: need lo < hi, got {list(self.bounds)}")
         lo, hi = self.r_range
         if not 0 <= lo <= hi:
             raise ValueError(f"r_range: need 0 <= lo <= hi, got {list(self.r_range)}")

@@ -7,6 +7,8 @@ resumed: a checkpoint needs only (seed, iteration). Each call below returns tiny
 """
 from __future__ import annotations
 
+import functools
+
 from enum import IntEnum
 
 import torch
@@ -55,6 +57,7 @@ def other_index(u: float, i: int, n: int) -> int:
     return j + (j >= i)
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of the seed, asked every iteration
 def element_seed(seed: int) -> int:
     """The 64-bit key of the per-element coefficient stream, derived from the run seed so that it
     never overlaps the host draws (which share the run seed as their key)."""

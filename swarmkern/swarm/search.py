@@ -42,7 +42,7 @@ from swarmkern.flat import ExpertPool, load_experts, save_expert
 from swarmkern.streaming import copy_rows_
 
 from . import checkpoint as ckpt
-from . import journal, outputs
+from . import journal, outputs, reports
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
@@ -302,6 +302,10 @@ class Swarm:
         self.history = outputs.read_history(output_dir)
         return self
 
+    def trajectory_projection(self) -> reports.Projection:
+        """The projection on the starting experts' first two principal directions (history's pca_xy)."""
+        return reports.projection_for(self)
+
     def export_best(self, path: str | Path) -> Path:
         """Write the global best in the experts' own format (PEFT adapter dir or .safetensors)."""
         self._require_started()
@@ -437,14 +441,19 @@ class Swarm:
             phi = torch.tensor([cfg.phi_v, cfg.phi_p, cfg.phi_g, cfg.phi_w if cfg.repel else 0.0])
             phi = phi.expand(len(owned), 4).to(self.device).contiguous()
             tk = time.perf_counter()
+            model_swarms = cfg.update == "model_swarms"  # classic: constant inertia, no normalisation
             ops.pso_step_random_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, phi, step, element_seed(cfg.seed),
-                                 t, owned.start, cfg.r_range[0], cfg.r_range[1], True, backend=cfg.backend)
+                                 t, owned.start, cfg.r_range[0], cfg.r_range[1], model_swarms, model_swarms,
+                                 backend=cfg.backend)
         else:
             coef = self.coefficients(t).to(self.device)
             tk = time.perf_counter()
             for a, b in buf.blocks():  # one block for storage: memory; elementwise, so the same numbers
                 ops.pso_step_(buf.x[:, a:b], buf.v[:, a:b], buf.pbest[:, a:b], buf.gbest[a:b], buf.gworst[a:b],
                               coef, step, backend=cfg.backend)
+        if cfg.bounds is not None:
+            for a, b in buf.blocks():
+                buf.x[:, a:b].clamp_(*cfg.bounds)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
@@ -622,6 +631,8 @@ class Swarm:
                "gworst_utility": outputs.json_float(book.u_worst), "gworst_index": book.gworst_index,
                "step": step, "restarts": restarts, "skipped": skipped, "improved": improved,
                "nonfinite": nonfinite, "timings": timings}
+        if self.config.report_trajectory:
+            rec["pca_xy"] = reports.pca_xy(self)
         self.history.append(rec)
         if self.output_dir is not None and self.collective.rank == 0:
             book.history_bytes = outputs.append_history(self.output_dir, rec)
@@ -683,6 +694,7 @@ class Swarm:
             name = "best" if self.pool.kind == "peft" else "best.safetensors"
             best_path = self.export_best(self.output_dir / name)
         summary = self._summary(test_utility, best_path)
+        summary["reports"] = reports.end_of_search(self, summary)
         if self.output_dir is not None and coll.rank == 0:
             outputs.write_summary(self.output_dir, summary)
             try:
@@ -747,5 +759,6 @@ def _clear_run(output_dir: Path) -> None:
 
     for name in (ckpt.CHECKPOINT_DIR, BUFFERS_DIR):
         shutil.rmtree(output_dir / name, ignore_errors=True)
-    for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON):
+    for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON, reports.REPORTS, reports.TRAJECTORY_PLOT,
+                 reports.PROJECTION):
         (output_dir / name).unlink(missing_ok=True)

@@ -69,9 +69,14 @@ def main() -> None:
                  "r_span": "fp32", "k_lo": "i64", "k_hi": "i64", "iteration": "i64", "particle_offset": "i64",
                  "elem_start": "i64"}
         sig_r = {name: sig_r[name] for name in K.pso_step_random_kernel.arg_names if name in sig_r}
-        ptx = compile_ptx(K.pso_step_random_kernel, sig_r, {"NORMALIZE": True, "BLOCK": 1024},
-                          [a if a != "coef_ptr" else "phi_ptr" for a in aligned])
+        aligned_r = [a if a != "coef_ptr" else "phi_ptr" for a in aligned]
+        ptx = compile_ptx(K.pso_step_random_kernel, sig_r, {"NORMALIZE": True, "BLOCK": 1024, "RANDOM_INERTIA": True},
+                          aligned_r)
         out.append(summary(f"pso_step_random_kernel/{dt}", ptx))
+        # the classic update: no normalisation, constant inertia
+        ptx = compile_ptx(K.pso_step_random_kernel, sig_r, {"NORMALIZE": False, "BLOCK": 1024,
+                                                            "RANDOM_INERTIA": False}, aligned_r)
+        out.append(summary(f"pso_step_random_kernel_classic/{dt}", ptx))
         sig_c = {"src_ptr": ptr, "w_ptr": "*fp32", "out_ptr": ptr, "K": "i32", "M": "i32", "D": "i32",
                  "stride_src": "i32", "stride_wm": "i32", "stride_wk": "i32", "stride_out": "i32"}
         ptx = compile_ptx(K.combine_kernel, sig_c, {"BLOCK_M": 8, "BLOCK_D": 512},

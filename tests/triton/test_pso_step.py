@@ -108,14 +108,16 @@ def test_seven_chained_steps(dtype, device):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("P,D", [(1, 1), (3, 7), (8, 4097), (3, 278011)])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_pso_step_random_matches_reference(P, D, dtype, normalize, device):
+@pytest.mark.parametrize("normalize,random_inertia", [(True, True), (False, True), (False, False)],
+                         ids=["normalized", "raw", "classic"])
+def test_pso_step_random_matches_reference(P, D, dtype, normalize, random_inertia, device):
     if D == 278011 and dtype != torch.float32:
         pytest.skip("the large size runs in fp32 only (interpreter time)")
     x, v, pbest, gbest, gworst, _ = make_inputs(P, D, dtype, device, gbest_row=0)
     phi = torch.rand((P, 4)).to(device)
     # a 64-bit seed with both halves in use, an iteration and particle offset past 2^31
-    args = (pbest, gbest, gworst, phi, 0.8, 0xDEADBEEF12345678, 2**31 + 5, 2**32 - 2, -0.25, 1.5, normalize)
+    args = (pbest, gbest, gworst, phi, 0.8, 0xDEADBEEF12345678, 2**31 + 5, 2**32 - 2, -0.25, 1.5, normalize,
+            random_inertia)
     x_ref, v_ref = x.clone(), v.clone()
     ref.pso_step_random_(x_ref, v_ref, *args)
     x32, v32 = fp32_reference(ref.pso_step_random_, x, v, *args)

@@ -30,8 +30,8 @@ def test_registered_ops_run_eagerly(device):
     ref.pso_step_(x_ref, v_ref, pbest, g, w, coef, 0.5)
     ops.pso_step_(x, v, pbest, g, w, coef, 0.5)
     assert_bitwise_equal(x, x_ref, "x")
-    ref.pso_step_random_(x_ref, v_ref, pbest, g, w, coef, 0.5, 3, 2, 1, 0.0, 1.0, True)
-    ops.pso_step_random_(x, v, pbest, g, w, coef, 0.5, 3, 0, 2, 1, 0.0, 1.0, True)
+    ref.pso_step_random_(x_ref, v_ref, pbest, g, w, coef, 0.5, 3, 2, 1, 0.0, 1.0, False, False)
+    ops.pso_step_random_(x, v, pbest, g, w, coef, 0.5, 3, 0, 2, 1, 0.0, 1.0, False, False)
     assert_bitwise_equal(v, v_ref, "v")
     src, weights = rand((4, D), torch.float32, device), torch.randn((2, 4)).to(device)
     assert_bitwise_equal(ops.combine(src, weights), ref.combine(src, weights), "combine")
@@ -52,7 +52,7 @@ def test_opcheck(device):
     src, weights = rand((3, D), torch.bfloat16, device), torch.randn((2, 3)).to(device)
     cases = [
         (ops.pso_step_.default, (x, v, pbest, g, w, coef, 0.5)),
-        (ops.pso_step_random_.default, (x, v, pbest, g, w, coef, 0.5, 1, 2, 3, 4, 0.0, 1.0, True)),
+        (ops.pso_step_random_.default, (x, v, pbest, g, w, coef, 0.5, 1, 2, 3, 4, 0.0, 1.0, True, False)),
         (ops.combine.default, (src, weights)),
         (ops.combine_out.default, (src, weights, torch.empty((2, D), dtype=torch.bfloat16, device=device))),
     ]
