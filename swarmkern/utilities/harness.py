@@ -399,7 +399,7 @@ class _LmEvalScorer(Scorer):
         except (TypeError, ValueError):  # per-document values that are not numbers
             return None
 
-    def ensemble(self, preds: LmEvalPredictions, how: str = "auto") -> tuple[float, str]:
+    def ensemble_predictions(self, preds: LmEvalPredictions, how: str = "auto") -> tuple[float, str]:
         """Combine the members' (best first) answers per document: choice log-likelihoods by mean
         probability (or vote), generated answers by a majority vote of their filtered answers."""
         if how == "auto":
@@ -428,7 +428,7 @@ class _LmEvalScorer(Scorer):
         return float(combined[0]), "+".join(sorted(used))
 
     def _ensemble_rows(self, members: torch.Tensor, how: str) -> tuple[float, str]:
-        return self.ensemble(self.predict(members), how)
+        return self.ensemble_predictions(self.predict(members), how)
 
 
 # -- helpers -------------------------------------------------------------------------------------
