@@ -214,3 +214,29 @@ def test_config_validation():
         parse_utility_config(spec(task="arith_mc", num_fewshot=-1))
     with pytest.raises(ValueError, match="utility.bogus"):
         parse_utility_config(spec(task="arith_mc", bogus=1))
+
+
+def test_search_and_compare_through_the_cli(setup, tmp_path):
+    """`swarmkern search` and `swarmkern compare` (incl. the prediction ensemble) with an lm_eval utility;
+    include_path is relative to the config file like every path of a run config."""
+    from click.testing import CliRunner
+
+    from swarmkern.cli import main
+
+    cfg = {"experts": {"paths": [str(p) for p in setup.expert_dirs]},
+           "swarm": {"n_particles": 3, "max_iters": 1, "patience": 1, "seed": 0, "progress": False},
+           "utility": {"type": "lm_eval", "task": "arith_mc", "include_path": "tasks", "limit": 4},
+           "output": {"dir": str(tmp_path / "run")},
+           "compare": {"methods": ["uniform_soup", {"type": "ensemble", "k": 2}]}}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "arith_mc.yaml").write_text((TASKS / "arith_mc.yaml").read_text())
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(main, ["search", str(path), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    summary = json.loads(res.output)
+    assert summary["test_utility"] is not None and len(summary["initial_dev_utilities"]) == 3
+    res = CliRunner().invoke(main, ["compare", str(path)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    data = json.loads((tmp_path / "run" / "compare.json").read_text())
+    assert "error" not in data["ensemble"] and data["ensemble"]["dev"] is not None

@@ -192,7 +192,8 @@ def harmonic_mean(values: torch.Tensor, weights: torch.Tensor, dim: int = 0) -> 
 
 
 # fields holding file or directory paths, per utility type (resolved against the config file's dir)
-PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer")
+PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer",
+               "include_path")
 
 
 def resolve_utility_paths(spec: dict[str, Any], base: str | Path) -> dict[str, Any]:
@@ -203,11 +204,17 @@ def resolve_utility_paths(spec: dict[str, Any], base: str | Path) -> dict[str, A
     if not isinstance(spec, dict):
         return spec
     out = dict(spec)
+
+    def absolute(v: str) -> str:
+        v = os.path.expanduser(v)
+        return v if os.path.isabs(v) else str(Path(base) / v)
+
     for key in PATH_FIELDS:
         v = out.get(key)
         if isinstance(v, str) and v:
-            v = os.path.expanduser(v)
-            out[key] = v if os.path.isabs(v) else str(Path(base) / v)
+            out[key] = absolute(v)
+        elif isinstance(v, list) and all(isinstance(x, str) for x in v):  # lm_eval's include_path list
+            out[key] = [absolute(x) for x in v]
     if isinstance(out.get("tasks"), dict):
         out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
     return out

@@ -15,6 +15,7 @@ dataset or model is loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -300,11 +301,12 @@ class LmEval(UtilityConfig):
 
     # -- scoring -------------------------------------------------------------------------------------
     def build(self, pool: Any, split: str) -> Scorer:
-        tasks = self._load(split)
-        ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                device=self.device, share_prefix=self.share_prefix)
-        enc = self._encoder(ev)
-        plans, requests, need_greedy, groups = self._plans(tasks, enc)
+        with _lm_eval_seeds():
+            tasks = self._load(split)
+            ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
+                                    device=self.device, share_prefix=self.share_prefix)
+            enc = self._encoder(ev)
+            plans, requests, need_greedy, groups = self._plans(tasks, enc)
         return _LmEvalScorer(self, ev, plans, requests, need_greedy, groups, f"lm_eval[{split}]")
 
     def combine_scores(self, scores: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
@@ -432,6 +434,24 @@ class _LmEvalScorer(Scorer):
 
 
 # -- helpers -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _lm_eval_seeds():
+    """The global seeds lm-eval's simple_evaluate sets (python 0, numpy 1234) while tasks load and
+    build their requests (a task's own code may draw from them); the caller's states come back after."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    random.seed(0)
+    np.random.seed(1234)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def _encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of one log-likelihood request exactly as lm-eval's HF model makes them: an empty
     context becomes the prefix token, and the context is cut from the left to fit max_length + 1."""
