@@ -12,9 +12,12 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import Field, PrivateAttr
 
+from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
+
+from .protocol import Ensembling, FunctionUtility, Predictions
 from .registry import UtilityConfig
 
-__all__ = ["ModelUtility", "Scorer", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
+__all__ = ["ModelUtility", "Scorer", "PredictionScorer", "jsonl_example_ids", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
 
 _EVALUATORS: dict[tuple, Any] = {}
 
@@ -28,11 +31,16 @@ class ModelUtility(UtilityConfig):
     test: str | None = Field(None, description="JSONL file scored only for the report")
     max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
     max_test_examples: int | None = Field(None, gt=0, description="use the first N test examples")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='compute dtype of the model; "auto": bf16 where the device computes it natively '
+                            '(CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32')
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...')
     micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x examples): bounds memory")
     max_length: int | None = Field(None, gt=0, description="cut prompts from the left to this many tokens")
     share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
+    layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description=(
+        "memory (MiB) for the outputs of the frozen layers below the first adapted layer, kept across calls "
+        "per batch of examples (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
     _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
 
     def has_split(self, split: str) -> bool:
@@ -47,7 +55,8 @@ class ModelUtility(UtilityConfig):
 
     def evaluator(self, pool: Any):
         return particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                  device=self.device, share_prefix=self.share_prefix)
+                                  device=self.device, share_prefix=self.share_prefix,
+                                  layer_cache_bytes=int(self.layer_cache_mb * 2**20))
 
     def encode_prompts(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
         ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -56,32 +65,54 @@ class ModelUtility(UtilityConfig):
         return ids
 
 
-class Scorer:
-    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU).
+class Scorer(FunctionUtility):
+    """A utility that only scores: Scorer(fn, name) with fn(particles [B, D]) -> [B] (see protocol.py)."""
 
-    `ensemble(members [M, D] best first, how) -> (score, how used)`, when given, scores the members'
-    combined per-example predictions (see utilities/ensemble.py); the top-k ensemble baseline uses it.
-    """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
-                 finalize: Callable[[Path], None] | None = None,
-                 ensemble: Callable[[torch.Tensor, str], tuple[float, str]] | None = None):
-        self._fn = fn
+class PredictionScorer(Ensembling):
+    """A utility made of its prediction functions (every built-in dataset utility is one):
+
+    predict(particles [B, D]) -> Predictions; example_scores(preds) -> [B, N] (None: the utility is no
+    mean over examples, then `score` is required); score(preds) -> [B] (default: mean of
+    example_scores); ensemble(preds, how) -> (score, how used); ids: the N examples' ids."""
+
+    def __init__(self, name: str, *, predict: Callable[[torch.Tensor], Predictions],
+                 ensemble: Callable[[Predictions, str], tuple[float, str]], ids: Sequence[str],
+                 example_scores: Callable[[Predictions], torch.Tensor] | None = None,
+                 score: Callable[[Predictions], torch.Tensor] | None = None):
+        if example_scores is None and score is None:
+            raise ValueError(f"{name}: needs example_scores or score")
         self.name = name
-        if finalize is not None:
-            self.finalize = finalize
-        if ensemble is not None:
-            self.ensemble = ensemble
+        self._predict, self._ensemble, self._ids = predict, ensemble, list(ids)
+        self._example_scores, self._score = example_scores, score
 
-    def __call__(self, particles: torch.Tensor) -> torch.Tensor:
-        if particles.dim() != 2:
-            raise ValueError(f"{self.name}: particles must be [B, D], got shape {list(particles.shape)}")
-        if particles.shape[0] == 0:
-            return torch.empty(0, dtype=torch.float64)
-        return torch.as_tensor(self._fn(particles), dtype=torch.float64).reshape(particles.shape[0])
+    def predict(self, particles: torch.Tensor) -> Predictions:
+        return self._predict(particles)
 
-    def __repr__(self) -> str:
-        return f"Scorer({self.name})"
+    def example_scores(self, preds: Predictions) -> torch.Tensor | None:
+        return None if self._example_scores is None else self._example_scores(preds).double()
+
+    def score(self, preds: Predictions) -> torch.Tensor:
+        if self._score is not None:
+            return torch.as_tensor(self._score(preds), dtype=torch.float64)
+        return self.example_scores(preds).mean(1)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def ensemble(self, preds: Predictions, how: str = "auto") -> tuple[float, str]:
+        if len(preds) == 0:
+            raise ValueError(f"{self.name}: an ensemble needs at least one member")
+        return self._ensemble(preds, how)
+
+
+def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
+    """Ids of the examples read from a JSONL file (in order, blank lines skipped as load_jsonl does):
+    each example's own "id" field when it has one, else its 1-based line number."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
+    return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
 
 
 def _digest(obj: Any) -> str:
@@ -89,16 +120,18 @@ def _digest(obj: Any) -> str:
 
 
 def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | None = None,
-                       dtype: str = "float32", device: str = "auto", share_prefix: bool = True):
+                       dtype: str = "auto", device: str = "auto", share_prefix: bool = True,
+                       layer_cache_bytes: int | None = None):
     """The evaluator for a pool's particles on a local causal LM, built once per process and shared by
     every utility (dev and test, every task of a multi-task utility).
 
     PEFT pools -> LoraEvaluator (model defaults to the adapters' base_model_name_or_path);
-    safetensors / state-dict pools -> FullWeightEvaluator (model required).
+    safetensors / state-dict pools -> FullWeightEvaluator (model required). `layer_cache_bytes`: the
+    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked.
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
-    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     kind = getattr(pool, "kind", None)
     if kind not in ("peft", "safetensors", "tensors") or not hasattr(pool, "layout"):
@@ -111,10 +144,14 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     model_dir = str(Path(model).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
-        return _EVALUATORS[key]
+        ev = _EVALUATORS[key]
+        if layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
+            ev.layer_cache.resize(layer_cache_bytes)
+        return ev
     tok = load_tokenizer(tok_dir)
     lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
     if any(isinstance(e, LoraEvaluator) and e.model is lm for e in _EVALUATORS.values()):
@@ -125,19 +162,22 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         ev = LoraEvaluator(lm, tok, pool.layout, pool.adapter_config or {}, share_prefix=share_prefix)
     else:
         ev = FullWeightEvaluator(lm, tok, pool.layout)
+    if layer_cache_bytes is not None:
+        ev.layer_cache.resize(layer_cache_bytes)
     _EVALUATORS[key] = ev
     return ev
 
 
-def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "float32",
+def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "auto",
                     device: str = "auto"):
     """An evaluator of an unadapted causal LM (an LLM judge), cached per process."""
     from swarmkern.evaluate.base import PlainEvaluator
-    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     model_dir = str(Path(model_dir).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model_dir).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = ("plain", model_dir, tok_dir, dtype, dev)
     if key not in _EVALUATORS:
         _EVALUATORS[key] = PlainEvaluator(load_causal_lm(model_dir, dtype=dtype, device=dev),
