@@ -37,7 +37,7 @@ def pool(setup):
 
 
 def spec(**kw):
-    return {"type": "lm_eval", "include_path": str(TASKS), **kw}
+    return {"type": "lm_eval", "include_path": str(TASKS), "dtype": "float32", **kw}  # lm-eval runs fp32 below
 
 
 def lm_eval_reference(setup, expert: int, task: str, include_path=TASKS) -> dict:
@@ -84,9 +84,9 @@ def test_generate_until_equals_lm_eval(setup, pool, tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "arith_qa.yaml").write_text(yaml.safe_dump(task))
 
-    strict = build_utility({"type": "lm_eval", "task": "arith_qa", "include_path": str(tmp_path / "tasks")}, pool).test
-    number = build_utility({"type": "lm_eval", "task": "arith_qa", "include_path": str(tmp_path / "tasks"),
-                            "metric": "exact_match,number"}, pool).test
+    strict = build_utility(spec(task="arith_qa", include_path=str(tmp_path / "tasks")), pool).test
+    number = build_utility(spec(task="arith_qa", include_path=str(tmp_path / "tasks"),
+                                metric="exact_match,number"), pool).test
     preds = strict.predict(pool.weights[:2])
     for k in range(2):
         ref = lm_eval_reference(setup, k, "arith_qa", tmp_path / "tasks")
@@ -110,8 +110,11 @@ def test_dev_and_test_splits_and_limit(pool):
 
 
 def test_prediction_api(pool):
+    from swarmkern.utilities.protocol import Ensembling
+
     for task in ("arith_mc", "arith_qa"):
         scorer = build_utility(spec(task=task), pool).dev
+        assert isinstance(scorer, Ensembling)
         rows = pool.weights
         preds = scorer.predict(rows)
         torch.testing.assert_close(scorer.score(preds), scorer(rows))
@@ -120,7 +123,7 @@ def test_prediction_api(pool):
         torch.testing.assert_close(per_example.mean(1), scorer(rows))
         torch.testing.assert_close(scorer.score(preds[[2, 0]]), scorer(rows)[[2, 0]])
         # one member: the ensemble is that member
-        assert scorer.ensemble_predictions(preds[[1]])[0] == pytest.approx(scorer(rows)[1].item())
+        assert scorer.ensemble(preds[[1]])[0] == pytest.approx(scorer(rows)[1].item())
 
 
 def test_ensemble_combines_members_per_document(pool):
@@ -133,7 +136,7 @@ def test_ensemble_combines_members_per_document(pool):
     gold = torch.tensor([doc["answer"] for doc, _ in plan.docs])
     for how in ("mean_prob", "vote"):
         expect = (combine_class_scores(lls, how).argmax(-1) == gold).double().mean().item()
-        assert mc.ensemble_predictions(preds, how) == (pytest.approx(expect), how)
+        assert mc.ensemble(preds, how) == (pytest.approx(expect), how)
 
     qa = build_utility(spec(task="arith_qa", metric="exact_match,number"), pool).dev
     preds = qa.predict(pool.weights)
@@ -143,9 +146,7 @@ def test_ensemble_combines_members_per_document(pool):
                for b in range(len(preds))]
     voted = majority_vote(answers)
     expect = sum(v == doc["answer"] for v, (doc, _) in zip(voted, plan.docs)) / len(plan.docs)
-    assert qa.ensemble_predictions(preds) == (pytest.approx(expect), "vote")
-    # the top-k ensemble baseline calls ensemble(member rows, how)
-    assert qa.ensemble(pool.weights, "auto")[0] == pytest.approx(expect)
+    assert qa.ensemble(preds) == (pytest.approx(expect), "vote")
 
 
 def test_several_tasks_combine_like_multitask(pool):
@@ -175,9 +176,9 @@ def test_unknown_task_and_malformed_task_file(pool, tmp_path):
     msg = _one_line_error(spec(task="arith_mcq"), pool, "unknown lm-eval task 'arith_mcq'")
     assert "arith_mc" in msg  # did you mean
     (tmp_path / "broken.yaml").write_text("task: broken\ndoc_to_text: [unclosed\n")
-    _one_line_error({"type": "lm_eval", "task": "broken", "include_path": str(tmp_path)}, pool,
+    _one_line_error(spec(task="broken", include_path=str(tmp_path)), pool,
                     r"unknown lm-eval task 'broken'.*broken\.yaml")
-    _one_line_error({"type": "lm_eval", "task": "x", "include_path": str(tmp_path / "nowhere")}, pool,
+    _one_line_error(spec(task="x", include_path=str(tmp_path / "nowhere")), pool,
                     "include_path: .* is not a directory")
 
 
@@ -225,17 +226,18 @@ def test_search_and_compare_through_the_cli(setup, tmp_path):
 
     cfg = {"experts": {"paths": [str(p) for p in setup.expert_dirs]},
            "swarm": {"n_particles": 3, "max_iters": 1, "patience": 1, "seed": 0, "progress": False},
-           "utility": {"type": "lm_eval", "task": "arith_mc", "include_path": "tasks", "limit": 4},
-           "output": {"dir": str(tmp_path / "run")},
-           "compare": {"methods": ["uniform_soup", {"type": "ensemble", "k": 2}]}}
+           "utility": {"type": "lm_eval", "task": "arith_mc", "include_path": "tasks", "limit": 4,
+                       "dtype": "float32"},
+           "output": {"dir": str(tmp_path / "run")}}
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "arith_mc.yaml").write_text((TASKS / "arith_mc.yaml").read_text())
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = CliRunner().invoke(main, ["search", str(path), "--no-progress", "--json"])
+    res = CliRunner().invoke(main, ["search", str(path), "--no-progress"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    summary = json.loads(res.output)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_utility"] is not None and len(summary["initial_dev_utilities"]) == 3
+    path.write_text(yaml.safe_dump({**cfg, "compare": {"methods": ["uniform_soup", {"type": "ensemble", "k": 2}]}}))
     res = CliRunner().invoke(main, ["compare", str(path)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     data = json.loads((tmp_path / "run" / "compare.json").read_text())

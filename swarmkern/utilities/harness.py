@@ -27,11 +27,14 @@ from typing import Any, Literal, Sequence
 import torch
 from pydantic import Field, PrivateAttr
 
-from .common import Scorer, harmonic_mean, particle_evaluator
+from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
+
+from .common import harmonic_mean, particle_evaluator
 from .ensemble import combine_class_scores, majority_vote
+from .protocol import Ensembling, Predictions
 from .registry import UtilityConfig, register_utility
 
-__all__ = ["LmEval", "LmEvalPredictions"]
+__all__ = ["LmEval", "LmEvalScorer", "LmEvalPredictions"]
 
 INSTALL_HINT = "pip install 'swarmkern[lm-eval]'"
 # datasets' packaged builders: dataset_path names a file format, the files come from data_files
@@ -52,15 +55,15 @@ def _import_lm_eval():
     # both read the variables at import: an already imported module needs the flags set directly
     datasets.config.HF_DATASETS_OFFLINE = True
     huggingface_hub.constants.HF_HUB_OFFLINE = True
-    for name in ("lm-eval", "lm_eval"):  # lm-eval logs every request batch at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("lm-eval", "lm_eval"):  # lm-eval logs every request batch, and warns about settings
+        logging.getLogger(name).setLevel(logging.ERROR)  # it was given on purpose (a model object, few-shot)
     import lm_eval
     return lm_eval
 
 
-@dataclass
-class LmEvalPredictions:
-    """Every particle's answers to every request (owned by the utility; index by particle).
+@dataclass(frozen=True)
+class LmEvalPredictions(Predictions):
+    """Every particle's answers to every request (owned by the utility; preds[idx] selects particles).
     ll [B, E] float64 and greedy [B, E] bool: log-likelihood requests; texts[g][b][j]: generation
     group g's j-th prompt under particle b."""
     ll: torch.Tensor
@@ -70,10 +73,8 @@ class LmEvalPredictions:
     def __len__(self) -> int:
         return self.ll.shape[0]
 
-    def __getitem__(self, idx) -> "LmEvalPredictions":
-        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-        return LmEvalPredictions(self.ll[idx], self.greedy[idx],
-                                 [[g[int(i)] for i in idx] for g in self.texts])
+    def take(self, rows: list[int]) -> "LmEvalPredictions":
+        return LmEvalPredictions(self.ll[rows], self.greedy[rows], [[g[r] for r in rows] for g in self.texts])
 
 
 @dataclass
@@ -123,10 +124,14 @@ class LmEval(UtilityConfig):
     add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None = the tokenizer's default")
     model: str | None = Field(None, description="base model directory (default: the adapters' base)")
     tokenizer: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='compute dtype; "auto": bf16 where the device computes it natively, else float32 '
+                            '(lm-eval reference numbers need the dtype lm-eval ran with)')
     device: str = "auto"
     micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x requests)")
     share_prefix: bool = True
+    layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description="as the other model-based "
+                                  "utilities: frozen lower layers' outputs kept across calls (0: off)")
     _state: dict = PrivateAttr(default_factory=dict)
 
     # -- tasks -----------------------------------------------------------------------------------
@@ -300,14 +305,15 @@ class LmEval(UtilityConfig):
         return plans, requests, need_greedy, sorted(groups.values(), key=lambda g: g["index"])
 
     # -- scoring -------------------------------------------------------------------------------------
-    def build(self, pool: Any, split: str) -> Scorer:
+    def build(self, pool: Any, split: str) -> "LmEvalScorer":
         with _lm_eval_seeds():
             tasks = self._load(split)
             ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                    device=self.device, share_prefix=self.share_prefix)
+                                    device=self.device, share_prefix=self.share_prefix,
+                                    layer_cache_bytes=int(self.layer_cache_mb * 2**20))
             enc = self._encoder(ev)
             plans, requests, need_greedy, groups = self._plans(tasks, enc)
-        return _LmEvalScorer(self, ev, plans, requests, need_greedy, groups, f"lm_eval[{split}]")
+        return LmEvalScorer(self, ev, plans, requests, need_greedy, groups, f"lm_eval[{split}]")
 
     def combine_scores(self, scores: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
         """scores [B, T] -> [B], like `multitask` (one task: itself)."""
@@ -321,12 +327,12 @@ class LmEval(UtilityConfig):
         return harmonic_mean(scores.T, w)
 
 
-class _LmEvalScorer(Scorer):
-    """particles [B, D] -> the tasks' metric [B]; also the per-example prediction API."""
+class LmEvalScorer(Ensembling):
+    """particles [B, D] -> the tasks' metric [B], with per-document predictions and ensembles."""
 
     def __init__(self, cfg: LmEval, ev, plans: list[_TaskPlan], requests, need_greedy: list[int],
                  groups: list[dict], name: str):
-        super().__init__(lambda particles: self.score(self.predict(particles)), name, ensemble=self._ensemble_rows)
+        self.name = name
         self.cfg, self.ev, self.plans, self.requests, self.groups = cfg, ev, plans, requests, groups
         self.need_greedy = need_greedy
 
@@ -401,36 +407,41 @@ class _LmEvalScorer(Scorer):
         except (TypeError, ValueError):  # per-document values that are not numbers
             return None
 
-    def ensemble_predictions(self, preds: LmEvalPredictions, how: str = "auto") -> tuple[float, str]:
+    def ensemble(self, preds: LmEvalPredictions, how: str = "auto") -> tuple[float, str]:
         """Combine the members' (best first) answers per document: choice log-likelihoods by mean
         probability (or vote), generated answers by a majority vote of their filtered answers."""
+        if len(preds) == 0:
+            raise ValueError(f"{self.name}: an ensemble needs at least one member")
         if how == "auto":
             how = "mean_prob"
+        if how not in ("mean_prob", "vote"):
+            raise ValueError(f"ensemble.combine: expected 'auto', 'mean_prob' or 'vote', got {how!r}")
         values, used = [], set()
         for plan in self.plans:
             if plan.choices:
                 members = torch.stack([torch.tensor([r[0] for r in self._responses(plan, preds, b)], dtype=torch.float64)
                                        for b in range(len(preds))])  # [M, n_instances]
+                greedy = [[r[1] for r in self._responses(plan, preds, b)] for b in range(len(preds))]
                 responses = list(self._responses(plan, preds, 0))
                 for _, pos in plan.docs:
-                    if len(pos) > 1:
+                    if len(pos) > 1:  # choices: their combined log-probabilities
                         combined = combine_class_scores(members[:, pos][:, None, :], how)[0]
                         for p, v in zip(pos, combined.tolist()):
                             responses[p] = (v, responses[p][1])
+                    else:  # one continuation (output_type loglikelihood): mean log-likelihood, voted is_greedy
+                        p = pos[0]
+                        responses[p] = (float(members[:, p].mean()), majority_vote([[g[p]] for g in greedy])[0])
                 filtered = self._filtered(plan, responses)
                 used.add(how)
             else:
                 per_member = [self._filtered(plan, self._responses(plan, preds, b)) for b in range(len(preds))]
                 voted = majority_vote([[_hashable(x) for x in m] for m in per_member])
                 lookup = {_hashable(x): x for m in per_member for x in m}
-                filtered = [lookup[v] for v in voted]
+                filtered = [lookup.get(v, v) for v in voted]
                 used.add("vote")
             values.append(self._aggregate(plan, self._doc_values(plan, filtered)))
         combined = self.cfg.combine_scores(torch.tensor([values], dtype=torch.float64), [p.name for p in self.plans])
         return float(combined[0]), "+".join(sorted(used))
-
-    def _ensemble_rows(self, members: torch.Tensor, how: str) -> tuple[float, str]:
-        return self.ensemble_predictions(self.predict(members), how)
 
 
 # -- helpers -------------------------------------------------------------------------------------
