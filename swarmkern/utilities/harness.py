@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -151,13 +152,11 @@ class LmEval(UtilityConfig):
         """lm-eval's TaskManager: the include_path tasks only when they name every task (indexing
         lm-eval's own ~15k task files takes seconds), else lm-eval's tasks too."""
         if "manager" not in self._state:
-            _import_lm_eval()
-            from lm_eval.tasks import TaskManager
-
+            _import_lm_eval()  # its one-line error even when another utility already built a manager
             paths = self._include_paths()
-            tm = TaskManager(include_path=paths, include_defaults=False) if paths else None
+            tm = _task_manager(tuple(paths), False) if paths else None
             if tm is None or any(n not in tm.task_index for n in self.task_names):
-                tm = TaskManager(include_path=paths or None)
+                tm = _task_manager(tuple(paths), True)
             for name in self.task_names:
                 if name not in tm.task_index and not Path(name).is_file():
                     raise ValueError(f"utility.task: unknown lm-eval task {name!r}"
@@ -445,6 +444,16 @@ class LmEvalScorer(Ensembling):
 
 
 # -- helpers -------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _task_manager(paths: tuple[str, ...], defaults: bool):
+    """An lm-eval TaskManager per (include paths, with lm-eval's own tasks), once per process: indexing
+    lm-eval's task files takes seconds, and every lm_eval utility of a run (dev, test, multitask) shares it."""
+    _import_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None, include_defaults=defaults)
+
+
 @contextlib.contextmanager
 def _lm_eval_seeds():
     """The global seeds lm-eval's simple_evaluate sets (python 0, numpy 1234) while tasks load and
