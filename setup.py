@@ -4,10 +4,12 @@
     pip install .                             # isolated build: no torch there -> pure-Python package
 
 Extensions:
-  swarmkern._C       C++ CPU kernels + the TORCH_LIBRARY schemas: csrc/ops.cpp and every csrc/cpu/*.cpp
-                     (OpenMP, the build machine's vector ISA, -ffp-contract=off for bit-exact fp32).
-  swarmkern._C_cuda  CUDA kernels: csrc/cuda/*.cu + *.cpp, built when the installed torch has CUDA and
-                     nvcc exists.
+  swarmkern._C       the one TORCH_LIBRARY schema file (csrc/ops.cpp) and every C++ CPU kernel,
+                     csrc/cpu/*.cpp: the swarm ops and the fused merge kernels (OpenMP, the build
+                     machine's vector ISA or SWARMKERN_CPU_CAPABILITY, -ffp-contract=off for bit-exact fp32).
+  swarmkern._C_cuda  CUDA kernels: csrc/cuda/*.cu + *.cpp (CUDA implementations of the same schemas),
+                     built when the installed torch has CUDA and nvcc exists.
+Every C++ file is compiled with the same base flags (CXX_FLAGS); no kernel is JIT-built at run time.
 
 Environment variables:
   SWARMKERN_NO_EXTENSION=1       build no extension at all (pure-Python package).
@@ -118,6 +120,11 @@ def cuda_arch_list(torch) -> str:
 
 
 # ------------------------------------------------------------------------------------------- build
+# Every C++ translation unit: no FMA contraction (fp32 results bit-identical to the reference), only
+# PyInit_* exported.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fvisibility=hidden"]
+
+
 def extensions() -> tuple[list, dict]:
     if os.environ.get("SWARMKERN_NO_EXTENSION") == "1":
         _log("SWARMKERN_NO_EXTENSION=1: pure-Python package (reference backend only)")
@@ -137,7 +144,7 @@ def extensions() -> tuple[list, dict]:
     include = [os.path.join(ROOT, "csrc", "include")]
     isa, isa_flags = cpu_isa()
     _log(f"building the C++ CPU extension (ISA {isa})")
-    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden", *isa_flags]
+    cxx = [*CXX_FLAGS, "-fopenmp", *isa_flags]
     exts = [CppExtension(
         "swarmkern._C",
         sources=_rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp"),
@@ -167,7 +174,7 @@ def extensions() -> tuple[list, dict]:
             sources=_rel("csrc/cuda/*.cpp") + _rel("csrc/cuda/*.cu"),
             include_dirs=cuda_include,
             extra_compile_args={
-                "cxx": ["-O3", "-fvisibility=hidden"],
+                "cxx": list(CXX_FLAGS),
                 # No FMA contraction: fp32 results stay bit-identical to the reference.
                 "nvcc": ["-O3", "--fmad=false", "-lineinfo"],
             },

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils as pm
 
+from swarmkern.atomic import atomic_write_text
 from swarmkern.merge import dare_keep_mask, disjoint_merge, elect_sign, kernels, magnitude_trim
 from swarmkern.merge.dare import dare_merge
 from swarmkern.merge.ties import ties_merge
@@ -58,7 +59,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "merge_cpu.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kernels.load_jit()
+    if not kernels.available():
+        raise SystemExit("bench_merge: the fused merge kernels (swarmkern._C) are not built")
     K, n, d, R = args.k, args.n, args.density, args.repeats
     g = torch.Generator().manual_seed(0)
     x = torch.randn(K, n, generator=g)
@@ -111,7 +113,7 @@ def main() -> None:
              "",
              f"Machine: {platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
              f"{os.cpu_count()} cores (shared with other work: expect noise). Kernels: the current "
-             "csrc/cpu/merge_*.cpp JIT-built with -O3 -march=native -ffp-contract=off. Best of {R} after a warm-up. "
+             f"csrc/cpu/merge_*.cpp in swarmkern._C as setup.py builds it ({torch.ops.swarmkern.build_info()}). Best of {R} after a warm-up. "
              f"GB/s = modelled bytes (K*n*4 read + n*4 written = {gb:.3f} GB) / time. Every variant is "
              "checked against PEFT first (DARE under the same mask).",
              "",
@@ -123,9 +125,7 @@ def main() -> None:
     for name, variant, t in rows:
         lines.append(f"| {name} | {variant} | {t * 1e3:.1f} | {gb / t:.2f} | {peft_time[name] / t:.1f}x |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 

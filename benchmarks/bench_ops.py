@@ -5,7 +5,7 @@
 
 Every group (op, shape, dtype) times a plain copy of the same data in the same run, so the table's
 "% of copy" and speedups are ratios measured side by side (this machine is shared and noisy).
-GB/s come from the modelled bytes of KERNELS.md, not from what a variant actually moves:
+GB/s come from the modelled bytes of docs/KERNELS.md, not from what a variant actually moves:
   pso_step_: (2*s_x + 2*s_v + s_p) * P * D + (s_g + s_w) * D;  combine: (K + M) * D * s;  copy: 2 * s * numel.
 SWARMKERN_BENCH_SCALE (default 1) scales D down for a quick smoke run; SWARMKERN_BENCH_ROUNDS (default 5).
 """

@@ -4,18 +4,18 @@
     SWARMKERN_BENCH_OUT=benchmarks/results/triton_h200.json python -m pytest benchmarks/bench_triton.py -q -s
 
 Skipped without CUDA (and under TRITON_INTERPRET=1). Achieved GB/s = modelled bytes / median time, the
-modelled bytes of /work/shared/docs/KERNELS.md: per step P*D*(2*s_x + 2*s_v + s_p) + D*(s_g + s_w);
+modelled bytes of docs/KERNELS.md: per step P*D*(2*s_x + 2*s_v + s_p) + D*(s_g + s_w);
 combine K*D*s_src + M*D*s_out; a copy of B bytes moves 2*B. "% of copy" is against the device-to-device
 copy of the same run. Before timing, each Triton op is checked bit for bit against the reference.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
 
+from swarmkern.atomic import atomic_write_json
 from swarmkern.ops import reference as ref
 from swarmkern.ops import triton_backend as tb
 
@@ -79,10 +79,7 @@ def _table():
     if out:
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=tb.REASON,
                     command="python -m pytest benchmarks/bench_triton.py -q -s")
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(meta=meta, results=_RESULTS), f, indent=1)
-        os.replace(tmp, out)
+        atomic_write_json(out, dict(meta=meta, results=_RESULTS), indent=1)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from swarmkern.atomic import atomic_write_text
+
 
 def pytest_addoption(parser):
     parser.addoption("--ops-table", default=None, metavar="PATH",
@@ -112,12 +114,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                                           "SWARMKERN_BENCH_ROUNDS") if k in os.environ)
         text = (f"# Kernel benchmarks (CPU)\n\nCommand: `{(env + ' ') if env else ''}{command}`\n\n"
                 f"Machine: {_machine()}\n\n"
-                "GB/s from the modelled bytes (KERNELS.md); \"% of copy\" against a copy of the same data timed in "
+                "GB/s from the modelled bytes (docs/KERNELS.md); \"% of copy\" against a copy of the same data timed in "
                 "the same group; \"x eager\" / \"x compiled / x mm\": speedup over the eager reference / "
                 "torch.compile(reference) (pso_step_) or torch.mm (combine) in the same run (min of the rounds; the machine is shared and noisy).\n\n"
-                f"{table}\n\nTargets (issue 2, CPU):\n\n{_TABLE.targets()}\n")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+                f"{table}\n\nTargets (CPU):\n\n{_TABLE.targets()}\n")
+        atomic_write_text(path, text)
         terminalreporter.write_line(f"wrote {path}")

@@ -93,4 +93,18 @@ inline void check_combine_args(const at::Tensor& src, const at::Tensor& weights,
   TORCH_CHECK(out.size(0) <= 1 || out.stride(0) >= out.size(1), op, ": rows of out must not overlap");
 }
 
+// The fused merge kernels (csrc/cpu/merge_*.cpp): src [K, n] CPU storage rows, weights [K] float32.
+inline void check_merge_args(const char* op, const at::Tensor& src, const at::Tensor& weights) {
+  TORCH_CHECK(src.dim() == 2, op, ": src must be 2-D [K, n], got shape ", src.sizes());
+  TORCH_CHECK(src.device().is_cpu(), op, ": src must be on the CPU, got ", src.device());
+  TORCH_CHECK(is_storage_dtype(src.scalar_type()), op, ": src must be float32, bfloat16 or float16, got ",
+              src.scalar_type());
+  TORCH_CHECK(unit_inner_stride(src), op, ": src rows must be contiguous (unit inner stride)");
+  TORCH_CHECK(src.size(0) >= 1, op, ": src needs at least one row");
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == src.size(0), op, ": weights must be [", src.size(0),
+              "], got ", weights.sizes());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.device().is_cpu(), op,
+              ": weights must be a float32 CPU tensor");
+}
+
 }  // namespace swarmkern

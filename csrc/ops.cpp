@@ -1,7 +1,7 @@
-// The swarmkern operator library: schemas only. Kernels register themselves per device
-// (csrc/cpu/*.cpp: CPU, csrc/cuda/*.cpp: CUDA); Python adds the fake (meta) implementations
-// (swarmkern/ops/_fake.py). Extra ops may be added from any csrc/cpu/*.cpp with
-// TORCH_LIBRARY_FRAGMENT(swarmkern, m).
+// The swarmkern operator library: the one schema file of every C++/CUDA op. Kernels register
+// themselves per device with TORCH_LIBRARY_IMPL (csrc/cpu/*.cpp: CPU, csrc/cuda/*.cpp: CUDA); Python
+// adds the fake (meta) implementations (swarmkern/ops/_fake.py) and the Triton ops beside these
+// (swarmkern/ops/triton_backend.py: swarmkern::triton_*). A new op gets its schema here.
 #include <Python.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -48,4 +48,7 @@ TORCH_LIBRARY(swarmkern, m) {
       "float step, int seed, int iteration, int particle_offset, float r_lo, float r_hi, bool normalize) -> ()");
   m.def("combine(Tensor src, Tensor weights) -> Tensor");
   m.def("combine_out(Tensor src, Tensor weights, Tensor(a!) out) -> ()");
+  // Fused merge kernels (csrc/cpu/merge_*.cpp; CPU only). method: 0 = "total", 1 = "frequency" sign election.
+  m.def("merge_ties_disjoint(Tensor trimmed, Tensor weights, int method) -> Tensor");
+  m.def("merge_dare(Tensor src, Tensor weights, float density, int seed, int offset, bool ties, int method) -> Tensor");
 }

@@ -4,7 +4,8 @@ Public API (imported lazily, so `import swarmkern` stays light and never imports
 
     Swarm, SwarmConfig, SwarmResult       the search engine (swarmkern.swarm)
     ExpertPool, FlatLayout, load_experts, save_expert   experts <-> flat rows (swarmkern.flat)
-    RunConfig, load_run_config, run_search             the YAML run config (swarmkern.config)
+    RunConfig, load_run_config                         the YAML run config (swarmkern.config)
+    run_search, resume_search                          run / resume a search from it (swarmkern.runner)
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ _EXPORTS = {
     "save_expert": "swarmkern.flat",
     "RunConfig": "swarmkern.config",
     "load_run_config": "swarmkern.config",
-    "run_search": "swarmkern.config",
-    "resume_search": "swarmkern.config",
+    "run_search": "swarmkern.runner",
+    "resume_search": "swarmkern.runner",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

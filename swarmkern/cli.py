@@ -7,7 +7,7 @@ import importlib.util
 
 import click
 
-_COMMAND_MODULES = ("search", "compare", "demo", "bench", "info")
+_COMMAND_MODULES = ("search", "sweep", "compare", "demo", "bench", "info")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from swarmkern.atomic import atomic_path, atomic_save_safetensors, atomic_write_bytes
+from swarmkern.configfile import first_error
 from swarmkern.config import ConfigError, RunConfig, resolve_config_paths, read_config_mapping, validate_run_config
 
 __all__ = ["CompareSection", "CompareConfig", "DEFAULT_METHODS", "load_compare_config", "run_compare",
@@ -74,39 +76,20 @@ class CompareConfig(BaseModel):
     compare: CompareSection
 
 
-def _resolve_compare_paths(section: dict, base: Path) -> None:
-    """Relative file paths in method options (e.g. an ensemble's dev/test files) -> absolute."""
-    for m in section.get("methods") or []:
-        if isinstance(m, dict):
-            for key in ("dev", "test", "model"):
-                v = m.get(key)
-                if isinstance(v, str) and not os.path.isabs(os.path.expanduser(v)):
-                    m[key] = str(base / v)
-
-
 def load_compare_config(path: str | Path, overrides: Sequence[str] = (), **options: Any) -> CompareConfig:
     """Read, override ("compare.budget=50", "swarm.max_iters=5") and validate a compare config;
     options: output_dir, seed, max_iters, ... as for `swarmkern search`."""
     path = Path(path)
     data = read_config_mapping(path, overrides, "experts, swarm, utility, output, compare", **options)
+    resolve_config_paths(data, path.parent.absolute())
     section = data.pop("compare", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: compare: expected a mapping")
-    base = path.parent.absolute()
-    resolve_config_paths(data, base)
-    _resolve_compare_paths(section, base)
     run = validate_run_config(data, str(path))
     try:
         compare = CompareSection.model_validate(section)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        if msg.startswith("compare."):  # the method registry already names the field
-            raise ConfigError(f"{path}: {msg}") from None
-        raise ConfigError(f"{path}: compare.{loc}: {msg}") from None
+        raise ConfigError(f"{path}: {first_error(err, 'compare', friendly=True)}") from None
     return CompareConfig(run=run, compare=compare)
 
 
@@ -143,7 +126,6 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
     results {method: {"dev", "test", "evaluations", "seconds", "info" | "error"}}."""
     from swarmkern.flat import load_experts, save_expert
     from swarmkern.merge import MergeContext, parse_method_config, segments_of
-    from swarmkern.swarm.checkpoint import atomic_write_bytes
     from swarmkern.utilities import build_utility
 
     run, cmp_ = cfg.run, cfg.compare
@@ -212,28 +194,18 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
     return results
 
 
-def lora_scaling(adapter_config: dict | None) -> float:
-    """PEFT's LoRA scaling lora_alpha / r (/ sqrt(r) with rsLoRA); per-module patterns are refused."""
-    cfg = adapter_config or {}
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError("save_delta: adapters with rank_pattern / alpha_pattern are not supported")
-    if "r" not in cfg or "lora_alpha" not in cfg:
-        raise ValueError("save_delta: needs LoRA experts with r and lora_alpha in adapter_config.json")
-    r = float(cfg["r"])
-    return float(cfg["lora_alpha"]) / (r ** 0.5 if cfg.get("use_rslora") else r)
-
-
 def _save_delta(deltas: dict[str, torch.Tensor], pool, path: Path) -> Path:
-    """{module.weight: ΔW} times the LoRA scaling -> a .safetensors file (atomic): add each to the base
-    model's weight of the same name to apply the merge without LoRA."""
-    from safetensors.torch import save_file
+    """{module.weight: ΔW} times each module's LoRA scale -> a .safetensors file (atomic): add each to the
+    base model's weight of the same name to apply the merge without LoRA."""
+    from swarmkern.evaluate.lora import lora_scale
 
-    scale = lora_scaling(pool.adapter_config)
+    if pool.kind != "peft":
+        raise ValueError("save_delta: needs LoRA experts (PEFT adapter directories)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: (v * scale).contiguous() for k, v in deltas.items()}, str(tmp),
-              metadata={"format": "pt", "content": "merged LoRA weight deltas (scaling applied)"})
-    os.replace(tmp, path)
+    scaled = {k: (v * lora_scale(pool.adapter_config, k.removesuffix(".weight"))).contiguous()
+              for k, v in deltas.items()}
+    atomic_save_safetensors(path, scaled,
+                            metadata={"format": "pt", "content": "merged LoRA weight deltas (scaling applied)"})
     return path
 
 
@@ -280,7 +252,8 @@ def plot_compare(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("Model Swarms vs composition baselines")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

@@ -3,25 +3,26 @@
     experts:  {paths: [...] | glob: "...", names: [...]}     which experts start the swarm
     swarm:    SwarmConfig fields                              the search's hyperparameters
     utility:  {type: ..., ...}                                the objective (swarmkern.utilities registry)
-    output:   {dir: ..., overwrite: false, plot: true}        where results go
+    output:   {dir: ..., overwrite: false}                     where results go
+    sweep:    SweepSection fields (optional)                  `swarmkern sweep`: S searches in lockstep
 
 Relative paths are relative to the YAML file. Unknown or ill-typed fields raise ConfigError with a
 one-line message naming the file and the field. `overrides` ("swarm.max_iters=5") replace fields
-before validation, so they are checked the same way.
+before validation, so they are checked the same way. This module only reads, resolves and validates;
+running and resuming a search is swarmkern/runner.py.
 """
 from __future__ import annotations
 
 import glob as globlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from swarmkern.configfile import first_error, resolve_path_fields
 from swarmkern.swarm.config import SwarmConfig
-
-RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved in the output dir (read by resume)
-
+from swarmkern.swarm.sweep import SweepSpace
 
 class ConfigError(ValueError):
     """A bad run config; the message is one line naming the file and field."""
@@ -41,13 +42,32 @@ class OutputSection(BaseModel):
     overwrite: bool = Field(False, description="Start afresh even if the directory holds a run.")
 
 
+class SweepSection(SweepSpace):
+    """`swarmkern sweep`: the configurations (SweepSpace: a grid or random draws varying `swarm:` fields)
+    and how the winner is chosen: on dev (the searches' own utility) or on a `select` split carved
+    from dev (seeded) that the searches never see."""
+    select: Literal["dev", "split"] = Field("dev", description=(
+        "dev: the best final dev utility wins; split: hold out a part of dev, search on the rest, and "
+        "the best utility on the held-out part wins."))
+    select_fraction: float = Field(0.3, gt=0, lt=1, description="split: the fraction of dev held out.")
+    select_size: int | None = Field(None, ge=1, description="split: the number of dev examples held out (overrides the fraction).")
+    select_seed: int = Field(0, ge=0, lt=2 ** 64, description="split: key of the draw that picks the held-out examples.")
+
+    @model_validator(mode="after")
+    def _select_options(self) -> "SweepSection":
+        if self.select == "dev" and self.select_size is not None:
+            raise ValueError("select_size: only used with select: split")
+        return self
+
+
 class RunConfig(BaseModel):
-    """A whole search: experts, swarm hyperparameters, utility, output."""
+    """A whole search: experts, swarm hyperparameters, utility, output (and, for `swarmkern sweep`, sweep)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     experts: ExpertsSection
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     utility: dict[str, Any]
     output: OutputSection
+    sweep: SweepSection | None = Field(None, description="The configurations of `swarmkern sweep` (ignored by search).")
 
     @field_validator("utility")
     @classmethod
@@ -96,24 +116,35 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
-    """Make relative paths absolute against the config file's directory."""
-    experts = data.get("experts")
-    if isinstance(experts, dict):
-        if isinstance(experts.get("paths"), list):
-            experts["paths"] = [str(base / p) if isinstance(p, str) and not os.path.isabs(os.path.expanduser(p))
-                                else os.path.expanduser(p) if isinstance(p, str) else p for p in experts["paths"]]
-        g = experts.get("glob")
-        if isinstance(g, str) and not os.path.isabs(os.path.expanduser(g)):
-            experts["glob"] = str(base / g)
-    if isinstance(data.get("utility"), dict):
-        from swarmkern.utilities.common import resolve_utility_paths  # light: no transformers import
+# Fields holding file or directory paths, per section of a config file (resolved against its directory).
+UTILITY_PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge",
+                       "judge_tokenizer")
+METHOD_PATH_FIELDS = ("dev", "test", "model")  # options of compare methods (e.g. an ensemble's files)
 
+
+def resolve_utility_paths(spec: Any, base: str | Path) -> Any:
+    """A copy of a utility spec with its path fields made absolute against `base`; multitask specs
+    are resolved task by task. Other fields (and non-mappings) are untouched."""
+    if not isinstance(spec, dict):
+        return spec
+    out = resolve_path_fields(spec, UTILITY_PATH_FIELDS, base)
+    if isinstance(out.get("tasks"), dict):
+        out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
+    return out
+
+
+def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a config file (run, compare) absolute against its directory `base`,
+    in place: experts.paths / glob, utility files (every task's), output.dir, compare.methods options."""
+    for section, fields in (("experts", ("paths", "glob")), ("output", ("dir",))):
+        if isinstance(data.get(section), dict):
+            data[section] = resolve_path_fields(data[section], fields, base)
+    if isinstance(data.get("utility"), dict):
         data["utility"] = resolve_utility_paths(data["utility"], base)
-    output = data.get("output")
-    if isinstance(output, dict) and isinstance(output.get("dir"), str):
-        d = os.path.expanduser(output["dir"])
-        output["dir"] = d if os.path.isabs(d) else str(base / d)
+    compare = data.get("compare")
+    if isinstance(compare, dict) and isinstance(compare.get("methods"), list):
+        compare["methods"] = [resolve_path_fields(m, METHOD_PATH_FIELDS, base) if isinstance(m, dict) else m
+                              for m in compare["methods"]]
 
 
 def validate_run_config(data: Any, where: str = "config") -> RunConfig:
@@ -123,21 +154,7 @@ def validate_run_config(data: Any, where: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif first["type"] == "missing":
-            msg = "missing required field"
-        elif first["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-            if loc == "utility":  # the registry's message already names the field
-                raise ConfigError(f"{where}: {msg}") from None
-        given = first.get("input")
-        extra = f" (got {given!r})" if first["type"] not in ("extra_forbidden", "missing") and \
-            not isinstance(given, (dict, list)) and loc != "utility" else ""
-        raise ConfigError(f"{where}: {loc or 'config'}: {msg}{extra}") from None
+        raise ConfigError(f"{where}: {first_error(err, friendly=True, show_input=True)}") from None
     except ValueError as err:  # raised by a nested validator outside pydantic's error list
         raise ConfigError(f"{where}: {err}") from None
 
@@ -184,60 +201,3 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), **options: 
     data = read_config_mapping(path, overrides, **options)
     resolve_config_paths(data, path.parent.absolute())
     return validate_run_config(data, str(path))
-
-
-def save_run_config(config: RunConfig, output_dir: Path) -> Path:
-    """The resolved config as YAML in the output dir (what `resume` reads)."""
-    import yaml
-
-    from swarmkern.swarm.checkpoint import atomic_write_bytes
-
-    path = Path(output_dir) / RUN_CONFIG_NAME
-    atomic_write_bytes(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
-    return path
-
-
-def run_search(config: RunConfig, *, collective=None):
-    """Load the experts, build the utility, run the search, let the utility write its own outputs.
-    Returns the SwarmResult."""
-    from swarmkern.flat import load_experts
-    from swarmkern.swarm import Swarm
-    from swarmkern.utilities import build_utility
-
-    pool = load_experts(config.expert_sources(), names=config.experts.names)
-    built = build_utility(config.utility, pool)
-    out = Path(config.output.dir)
-    swarm = Swarm(config.swarm, pool, built.dev, test_utility=built.test, output_dir=out,
-                  collective=collective, overwrite=config.output.overwrite)
-    if swarm.collective.rank == 0:
-        save_run_config(config, out)
-    result = swarm.run()
-    if swarm.collective.rank == 0:
-        built.finalize(out)
-    return result
-
-
-def resume_search(output_dir: str | Path, *, collective=None):
-    """Continue the run in `output_dir` from its latest checkpoint (same config, same utility)."""
-    from swarmkern.flat import ExpertPool, load_experts
-    from swarmkern.swarm import Swarm
-    from swarmkern.swarm.search import EXPERTS_JSON
-    from swarmkern.utilities import build_utility
-
-    import json
-
-    output_dir = Path(output_dir)
-    cfg_path = output_dir / RUN_CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ConfigError(f"{output_dir}: no {RUN_CONFIG_NAME}; is this a swarmkern search output directory?")
-    config = load_run_config(cfg_path)
-    try:
-        pool = load_experts(config.expert_sources(), names=config.experts.names)
-    except (OSError, ValueError):  # experts moved: their description is enough to export
-        pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
-    built = build_utility(config.utility, pool)
-    swarm = Swarm.resume(output_dir, built.dev, built.test, collective=collective, pool=pool)
-    result = swarm.run()
-    if swarm.collective.rank == 0:
-        built.finalize(output_dir)
-    return result

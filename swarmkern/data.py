@@ -9,6 +9,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from swarmkern.configfile import first_error
+
 __all__ = ["DataError", "load_jsonl", "MultipleChoiceExample", "PromptAnswerExample", "PromptExample"]
 
 T = TypeVar("T", bound=BaseModel)
@@ -72,10 +74,7 @@ def load_jsonl(path: str | os.PathLike, schema: type[T], *, limit: int | None = 
             try:
                 examples.append(schema.model_validate(obj))
             except ValidationError as err:
-                first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                msg = first["msg"].removeprefix("Value error, ")
-                raise DataError(f"{path}:{lineno}: {where + ': ' if where else ''}{msg}") from None
+                raise DataError(f"{path}:{lineno}: {first_error(err)}") from None
             if limit is not None and len(examples) >= limit:
                 break
     if not examples:

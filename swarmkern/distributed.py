@@ -14,19 +14,17 @@ rank that evaluated it), over NCCL on GPUs and gloo on CPUs. Every random draw i
 Failures: every collective has a timeout (SWARMKERN_DIST_TIMEOUT seconds, default 1800); a rank that
 dies or stops answering makes the others raise `DistributedError` (one line: which rank, which
 exchange, how to resume) instead of hanging. Checkpoints are per rank (see swarm/checkpoint.py) and
-resume re-shards to any world size. `launch_search` decides between starting and resuming: it resumes
-with `--resume-if-exists`, or automatically when torchrun restarts the workers of a run that this
-same torchrun job started (`--max-restarts`). See docs/DISTRIBUTED.md.
+resume re-shards to any world size. This module is the transport only; when to start and when to
+resume (`--resume-if-exists`, torchrun `--max-restarts`) is decided by swarmkern/runner.py
+(`launch_search`). See docs/DISTRIBUTED.md.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -35,13 +33,12 @@ import torch.distributed as dist
 from swarmkern.swarm.collective import block_partition
 
 __all__ = ["TorchDistributedCollective", "DistributedError", "block_owner", "LaunchEnv", "launch_env",
-           "init_collective", "close_collective", "distributed_session", "launch_search", "launch_resume",
-           "TIMEOUT_ENV", "BACKEND_ENV", "DEFAULT_TIMEOUT_S"]
+           "init_collective", "close_collective", "distributed_session", "TIMEOUT_ENV", "BACKEND_ENV",
+           "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "SWARMKERN_DIST_TIMEOUT"
 BACKEND_ENV = "SWARMKERN_DIST_BACKEND"
 DEFAULT_TIMEOUT_S = 1800.0
-LAUNCH_JSON = "launch.json"  # written by rank 0 of a run started under torchrun (auto-resume on restarts)
 
 
 class DistributedError(RuntimeError):
@@ -282,120 +279,3 @@ def distributed_session(device: str = "cpu") -> Iterator[TorchDistributedCollect
         ok = True
     finally:
         close_collective(collective, ok=ok)
-
-
-# -- the `swarmkern search` / `swarmkern resume` entry points -----------------------------------------
-def _check_device(config: Any, env: LaunchEnv | None) -> None:
-    """An explicit cuda:N would put every local rank on the same GPU."""
-    if env is None or env.local_world_size <= 1:
-        return
-    for where, value in (("swarm.device", config.swarm.device), ("utility.device", config.utility.get("device"))):
-        if isinstance(value, str) and re.fullmatch(r"cuda:\d+", value):
-            raise ValueError(f"{where}: {value!r} names one GPU but torchrun starts {env.local_world_size} "
-                             "processes on this node; use 'cuda' (each process takes cuda:LOCAL_RANK)")
-
-
-def _comparable(config: Any) -> dict[str, Any]:
-    data = config.model_dump(mode="json")
-    data["output"].pop("overwrite", None)
-    data["swarm"].pop("progress", None)
-    return data
-
-
-def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
-            if found:
-                return found
-        return None
-    return None if a == b else f"{where} ({b!r} in the run, {a!r} now)"
-
-
-def _decide(config: Any, resume_if_exists: bool, env: LaunchEnv | None) -> str:
-    """'resume' or 'start' (raises FileExistsError / ConfigError): decided on rank 0 only."""
-    from swarmkern.config import RUN_CONFIG_NAME, ConfigError, load_run_config
-    from swarmkern.swarm.checkpoint import has_checkpoint
-
-    out = Path(config.output.dir)
-    if not has_checkpoint(out):
-        return "start"
-    marker = _read_json(out / LAUNCH_JSON)
-    restarted = env is not None and env.restart_count > 0 and marker.get("run_id") == env.run_id
-    if not (resume_if_exists or restarted):
-        if config.output.overwrite:
-            return "start"
-        raise FileExistsError(f"{out}: already holds a run; resume it (--resume-if-exists, swarmkern resume DIR) "
-                              "or start afresh (--overwrite)")
-    saved = out / RUN_CONFIG_NAME
-    if saved.is_file():
-        diff = _first_difference(_comparable(config), _comparable(load_run_config(saved)))
-        if diff:
-            raise ConfigError(f"{out}: cannot resume, the config differs from the run's: {diff}; "
-                              "start afresh with --overwrite or use the same config")
-    return "resume"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _agree(collective: TorchDistributedCollective | None, fn) -> Any:
-    """Run `fn` on rank 0 and give every rank its result (or raise its exception on every rank)."""
-    if collective is None:
-        return fn()
-    outcome: tuple[str, Any] = ("ok", None)
-    if collective.rank == 0:
-        try:
-            outcome = ("ok", fn())
-        except Exception as err:  # re-raised on every rank below, so that no rank waits for the others
-            outcome = ("error", err)
-    outcome = collective.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise outcome[1]
-    return outcome[1]
-
-
-def launch_search(config: Any, *, resume_if_exists: bool = False) -> Any:
-    """Run (or resume) the search of a RunConfig on every rank of a torchrun job, or in this process
-    alone outside torchrun. Returns the SwarmResult on rank 0 and None on the other ranks.
-
-    Resumes when the output directory holds a checkpoint and either `resume_if_exists` is set or
-    torchrun restarted the workers of a run this torchrun job started (TORCHELASTIC_RESTART_COUNT > 0
-    and TORCHELASTIC_RUN_ID equal to the one in output_dir/launch.json); the config must then equal
-    the run's own (output.overwrite and swarm.progress aside).
-    """
-    from swarmkern.config import resume_search, run_search
-    from swarmkern.swarm.checkpoint import atomic_write_json
-
-    env = launch_env()
-    _check_device(config, env)
-    with distributed_session(config.swarm.device) as coll:
-        action = _agree(coll, lambda: _decide(config, resume_if_exists, env))
-        if action == "resume":
-            result = resume_search(config.output.dir, collective=coll)
-        else:
-            if env is not None and (coll is None or coll.rank == 0):
-                out = Path(config.output.dir)
-                out.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(out / LAUNCH_JSON, {"run_id": env.run_id, "world_size": env.world_size})
-            result = run_search(config, collective=coll)
-        return result if coll is None or coll.rank == 0 else None
-
-
-def launch_resume(output_dir: str | Path) -> Any:
-    """`swarmkern resume OUTPUT_DIR` on every rank of a torchrun job (any world size: the checkpoint
-    is re-sharded) or in this process alone. Returns the SwarmResult on rank 0, None elsewhere."""
-    from swarmkern.config import RUN_CONFIG_NAME, ConfigError, load_run_config, resume_search
-
-    cfg_path = Path(output_dir) / RUN_CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ConfigError(f"{output_dir}: no {RUN_CONFIG_NAME}; is this a swarmkern search output directory?")
-    config = load_run_config(cfg_path)
-    _check_device(config, launch_env())
-    with distributed_session(config.swarm.device) as coll:
-        result = resume_search(output_dir, collective=coll)
-        return result if coll is None or coll.rank == 0 else None

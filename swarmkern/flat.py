@@ -21,9 +21,11 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+
+from swarmkern.atomic import atomic_write_json, fsync_dir
 
 __all__ = ["TensorSpec", "FlatLayout", "ExpertPool", "ExpertSource", "load_experts", "save_expert",
            "IncompatibleExperts", "PEFT_STRUCTURAL_KEYS"]
@@ -348,25 +350,20 @@ class ExpertPool:
         self.fill_rows(out, coef)
         return out[0]
 
-    def iter_tensors(self, name: str) -> Iterator[torch.Tensor]:
-        """Tensor `name` of each expert in turn (read lazily from disk)."""
-        with ExitStack() as stack:
-            handles: dict[Path, Any] = {}
-            for src in self._sources:
-                yield self._read(src, name, handles, stack)
-
     def fill_rows(self, out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """out[m] = sum_k coef[m, k] * expert_k for every row m (out [M, D], coef [M, K]); see fill."""
         self.fill([(out, coef)])
         return out
 
-    def fill(self, targets: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def fill(self, targets: Sequence[tuple[torch.Tensor, torch.Tensor]], block: int | None = None) -> None:
         """For each (out [M, D], coef [M, K]): out[m] = sum_k coef[m, k] * expert_k, accumulated in
         fp32 in the order k = 0..K-1 (terms with coef 0 are skipped; rows that are exactly one expert
         are copied bit for bit). Streams one tensor of one expert at a time: each expert file is
         opened once, each tensor read once, and beside the outputs only that tensor and an fp32
         accumulator for one tensor name are held. A row of zeros gives the all-zero expert (for LoRA
-        adapters: the base model itself)."""
+        adapters: the base model itself). With `block`, each tensor is read and combined in slices of
+        about `block` numbers along its first dimension (for outputs larger than RAM, e.g. memory-mapped
+        swarm buffers): the same numbers, with accumulators of len(rows) x block."""
         prepared = []
         for out, coef in targets:
             M, K = coef.shape
@@ -383,21 +380,28 @@ class ExpertPool:
         with ExitStack() as stack:
             handles: dict[Path, Any] = {}
             for e in self.layout.entries:
-                accs = [torch.zeros(len(mixed), e.numel, dtype=torch.float32, device=out.device)
-                        for out, _, mixed, _, _ in prepared]
-                for k, src in enumerate(self._sources):
-                    t = self._read(src, e.name, handles, stack).reshape(-1)
-                    for (out, copies, mixed, weights, terms), acc in zip(prepared, accs):
-                        td = t.to(out.device)
-                        for m in copies[k]:
-                            out[m, e.offset:e.stop].copy_(td)
-                        for j in terms[k]:
-                            acc[j].add_(td.float() * weights[j, k].to(out.device))
-                    del t
-                for (out, _, mixed, _, _), acc in zip(prepared, accs):
-                    if mixed:
-                        out[torch.tensor(mixed, device=out.device), e.offset:e.stop] = acc.to(out.dtype)
-                del accs
+                lead = e.shape[0] if e.shape else 1
+                inner = e.numel // max(1, lead)
+                step = lead if block is None or not e.shape else max(1, block // max(1, inner))
+                for r0 in range(0, lead, step):
+                    r1 = min(lead, r0 + step)
+                    a, b = e.offset + r0 * inner, e.offset + r1 * inner  # this slice's columns in the row
+                    accs = [torch.zeros(len(mixed), b - a, dtype=torch.float32, device=out.device)
+                            for out, _, mixed, _, _ in prepared]
+                    for k, src in enumerate(self._sources):
+                        rows = (r0, r1) if step < lead else None
+                        t = self._read(src, e.name, handles, stack, rows).reshape(-1)
+                        for (out, copies, mixed, weights, terms), acc in zip(prepared, accs):
+                            td = t.to(out.device)
+                            for m in copies[k]:
+                                out[m, a:b].copy_(td)
+                            for j in terms[k]:
+                                acc[j].add_(td.float() * weights[j, k].to(out.device))
+                        del t
+                    for (out, _, mixed, _, _), acc in zip(prepared, accs):
+                        for j, m in enumerate(mixed):  # row by row: no [len(mixed), b - a] gather-copy
+                            out[m, a:b].copy_(acc[j])
+                    del accs
 
     def describe(self) -> dict[str, Any]:
         """JSON description (no numbers): enough to export rows in this pool's format later."""
@@ -412,9 +416,12 @@ class ExpertPool:
         sources = [ExpertSource(n, Path(p) if p else None) for n, p in zip(data["names"], data["sources"])]
         return cls(layout, sources, data["kind"], data.get("adapter_config"))
 
-    def _read(self, src: ExpertSource, name: str, handles: dict, stack: ExitStack) -> torch.Tensor:
+    def _read(self, src: ExpertSource, name: str, handles: dict, stack: ExitStack,
+              rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor `name` of one expert, or its slice rows[0]:rows[1] along the first dimension."""
         if src.tensors is not None:
-            return src.tensors[name].detach().to("cpu")
+            t = src.tensors[name].detach()
+            return (t if rows is None else t[rows[0]:rows[1]]).to("cpu")
         from safetensors import safe_open
 
         if name not in src.files:
@@ -422,7 +429,9 @@ class ExpertPool:
         path = src.files[name]
         if path not in handles:
             handles[path] = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-        return handles[path].get_tensor(name)
+        if rows is None:
+            return handles[path].get_tensor(name)
+        return handles[path].get_slice(name)[rows[0]:rows[1]]
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -490,34 +499,30 @@ def save_expert(pool: ExpertPool, row: torch.Tensor, path: str | os.PathLike,
     """Write one row [D] in the pool's own format, atomically (temporary name + rename):
     PEFT pools -> an adapter directory (adapter_config.json + adapter_model.safetensors) that
     `PeftModel.from_pretrained(base, path)` loads; other pools -> a .safetensors file (".safetensors"
-    is appended to `path` when missing). Each tensor is cast back to its original dtype."""
-    from safetensors.torch import save_file
+    is appended to `path` when missing). Each tensor is cast back to its original dtype and streamed
+    to the file in blocks (the row may be a memory-mapped one larger than RAM, or on a GPU)."""
+    from swarmkern.streaming import save_safetensors_streaming
 
-    state = pool.layout.state_dict(row.detach().to("cpu"))
+    views = pool.layout.views(row.detach())
+    state = {name: (t, pool.layout.index[name].dtype) for name, t in views.items()}
     meta = {"format": "pt", **(metadata or {})}
     path = Path(path)
     if pool.kind == "peft":
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata=meta)
-            (tmp / _ADAPTER_CONFIG).write_text(json.dumps(pool.adapter_config, indent=2))
+            save_safetensors_streaming(tmp / _ADAPTER_WEIGHTS, state, meta)
+            atomic_write_json(tmp / _ADAPTER_CONFIG, pool.adapter_config, indent=2)
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        fsync_dir(path.parent)
         return path
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp_name, metadata=meta)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    save_safetensors_streaming(path, state, meta)
     return path
 
 

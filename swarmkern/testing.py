@@ -1,13 +1,14 @@
-"""Tiny models and data built from configs, for tests and `--tiny` runs (no model hub, seconds on a CPU).
+"""Tiny models and data built from configs, for tests and benchmarks (no model hub, seconds on a CPU);
+the tiny model of `--tiny` runs is swarmkern.tiny, which production code imports instead of this module.
 
 Everything is written to a directory so that YAML configs can point at it:
 
     from swarmkern.testing import build_tiny_setup
-    setup = build_tiny_setup("/tmp/tiny")           # model, reward model, judge, 3 LoRA experts, datasets
+    setup = build_tiny_setup(tmp_path / "tiny")           # model, reward model, judge, 3 LoRA experts, datasets
     setup.model_dir, setup.expert_dirs, setup.data["mc_dev"], ...
 
-Pieces: `char_tokenizer` (one token per character, via the `tokenizers` library wrapped in
-PreTrainedTokenizerFast), `build_tiny_causal_lm` (LlamaForCausalLM), `build_tiny_reward_model`
+Pieces: `char_tokenizer` and `build_tiny_causal_lm` (from swarmkern.tiny, which production code such
+as `swarmkern demo --tiny` uses; this module is for tests and benchmarks only), `build_tiny_reward_model`
 (LlamaForSequenceClassification, 1 label), `build_tiny_judge` (a causal LM trained for a few seconds to
 answer "Rating: k/10"), `write_lora_experts` (K random PEFT LoRA adapter dirs for a model dir) and
 `write_tiny_datasets` (JSONL files in the formats of the built-in utilities).
@@ -23,70 +24,9 @@ from typing import Sequence
 
 import torch
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-CHARS = string.printable[:-2]  # printable ASCII plus "\t\n" (drops \r \x0b \x0c)
-
-
-def char_tokenizer(save_dir: str | os.PathLike | None = None):
-    """A character-level PreTrainedTokenizerFast: ids 0-3 are <pad> <s> </s> <unk>, then one id per
-    printable ASCII character. Encoding prepends <s>; decoding joins characters without spaces."""
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in CHARS:
-        vocab.setdefault(ch, len(vocab))
-    # A BPE model without merges splits a string into its characters; no pre-tokenizer keeps spaces.
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>", padding_side="right")
-    if save_dir is not None:
-        fast.save_pretrained(str(save_dir))
-    return fast
-
-
-def tiny_llama_config(vocab_size: int, *, hidden_size: int = 32, num_layers: int = 4, num_heads: int = 4,
-                      num_kv_heads: int = 2, intermediate_size: int = 64, max_positions: int = 512, **extra):
-    """A LlamaConfig small enough to run a forward pass in milliseconds on a CPU."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-                       num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                       num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **extra)
-
-
-def _init_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    """Deterministic, fairly large random weights so that particles give visibly different outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    # norm scales by module type too: GPT-2 / Falcon name theirs ln_1, ln_f (zeros would silence the model)
-    norm_scales = {id(m.weight) for m in model.modules()
-                   if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.Tensor)}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif "norm" in name or id(p) in norm_scales:
-                p.fill_(1.0)
-            else:
-                p.zero_()
-
-
-def build_tiny_causal_lm(save_dir: str | os.PathLike, *, seed: int = 0, num_layers: int = 4,
-                         hidden_size: int = 32) -> Path:
-    """A random tiny LlamaForCausalLM plus its char tokenizer, saved to `save_dir` (returned)."""
-    from transformers import LlamaForCausalLM
-
-    save_dir = Path(save_dir).absolute()
-    tok = char_tokenizer(save_dir)
-    model = LlamaForCausalLM(tiny_llama_config(len(tok), num_layers=num_layers, hidden_size=hidden_size))
-    _init_weights(model, seed)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(str(save_dir))
-    return save_dir
+from swarmkern.atomic import atomic_write_text
+from swarmkern.tiny import build_tiny_causal_lm, char_tokenizer, tiny_llama_config
+from swarmkern.tiny import init_weights as _init_weights
 
 
 def build_tiny_reward_model(save_dir: str | os.PathLike, *, seed: int = 1) -> Path:
@@ -170,11 +110,26 @@ def write_lora_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return paths
 
 
+def write_full_weight_experts(model_dir: str | os.PathLike, out_dir: str | os.PathLike, k: int = 2, *,
+                              only: str = "layers.3.", std: float = 0.2) -> list[Path]:
+    """Write `k` full-weight experts (out_dir/full<i>.safetensors): the parameters of the causal LM in
+    `model_dir` whose names contain `only`, plus seeded noise of scale `std` (seed i)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i in range(k):
+        m = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        sd = {n: (p + std * torch.randn(p.shape, generator=torch.Generator().manual_seed(i))).contiguous()
+              for n, p in m.named_parameters() if only in n}
+        paths.append(Path(out_dir) / f"full{i}.safetensors")
+        save_file(sd, str(paths[-1]))
+    return paths
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 

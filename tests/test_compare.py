@@ -84,11 +84,11 @@ def test_compare_end_to_end_through_the_cli(tmp_path):
     assert float(build_utility(cfg["utility"], pool).dev(pool.weights)[0]) == pytest.approx(data["ties"]["dev"])
     # space: delta wrote the full merged ΔW; its best rank-r approximation is what was exported
     from safetensors.torch import load_file
-    from swarmkern.compare import lora_scaling
+    from swarmkern.evaluate.lora import lora_scale
     from swarmkern.merge import delta_weights, segments_of
     full = load_file(str(out / "deltas" / "dare_ties.safetensors"))
     dt_pool = load_experts([out / "merged" / "dare_ties"])
-    scale = lora_scaling(dt_pool.adapter_config)
+    scale = lora_scale(dt_pool.adapter_config)
     low = delta_weights(dt_pool.weights[0], segments_of(dt_pool.layout), scale)
     assert set(full) == set(low) and len(full) > 0
     r = dt_pool.adapter_config["r"]
@@ -146,3 +146,27 @@ def test_format_table_marks_missing_values():
     table = format_table({"a": {"dev": 0.5, "test": None, "evaluations": 3, "seconds": 1.0, "info": {"scaling": 0.5}},
                           "b": {"dev": None, "test": None, "evaluations": 0, "seconds": 0.0, "error": "boom"}})
     assert "| a | 0.5000 | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | 0 | 0.0 | boom |" in table
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_scale_is_peft_scaling_per_module(rslora):
+    """The one source of a module's LoRA scale (used by the evaluator and by save_delta) equals PEFT's
+    own `scaling` of every adapted layer, rank_pattern / alpha_pattern / rsLoRA included."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from swarmkern.evaluate.lora import lora_scale
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    cfg = LoraConfig(r=4, lora_alpha=6, use_rslora=rslora, target_modules=["q_proj", "v_proj", "down_proj"],
+                     rank_pattern={"down_proj": 2, "layers.1.self_attn.q_proj": 3}, alpha_pattern={"v_proj": 5})
+    model = get_peft_model(base, cfg)
+    adapter_config = json.loads(json.dumps(cfg.to_dict(), default=str))
+    seen = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "scaling", None), dict) and "default" in module.scaling:
+            seen[name] = module.scaling["default"]
+            assert lora_scale(adapter_config, name) == pytest.approx(module.scaling["default"], rel=1e-12), name
+    assert len(set(seen.values())) >= 3  # the patterns really gave different scales
+    assert lora_scale(adapter_config) == pytest.approx(6 / (2.0 if rslora else 4.0))

@@ -22,4 +22,4 @@ def test_cmake_builds_core_and_ctest_passes(tmp_path):
     run("cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release")
     run("cmake", "--build", str(build), "--parallel", "2")
     out = run("ctest", "--test-dir", str(build), "--output-on-failure")
-    assert "100% tests passed" in out and "core_philox" in out and "core_dtype" in out, out
+    assert "100% tests passed" in out and "core_philox" in out and "core_dtype" in out and "core_merge" in out, out

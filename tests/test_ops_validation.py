@@ -89,10 +89,18 @@ def test_pso_step_random_rejects_bad_input(name, error, changes):
         ops.pso_step_random_(**args)
 
 
-def test_seed_beyond_63_bits_is_accepted():
-    s = _state()
-    ops.pso_step_random_(s["x"], s["v"], s["pbest"], s["gbest"], s["gworst"], torch.ones(P, 4), 1.0,
-                         seed=(1 << 64) - 1, iteration=(1 << 32) + 1)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed_beyond_63_bits_is_accepted(backend):
+    """A seed in [2^63, 2^64) is the same 64-bit key on every backend, and not the seed 2^63 - 1."""
+    def step(seed):
+        s = _state()
+        ops.pso_step_random_(s["x"], s["v"], s["pbest"], s["gbest"], s["gworst"], torch.ones(P, 4), 1.0,
+                             seed=seed, iteration=(1 << 32) + 1, backend=backend)
+        return s["x"]
+
+    x = step((1 << 64) - 1)
+    assert torch.equal(x, step(-1))  # the same 64 bits read as a signed integer
+    assert not torch.equal(x, step((1 << 63) - 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,6 +138,9 @@ def test_cuda_backend_unavailable_reason_is_stated():
 
 
 def test_coef_on_cpu_with_any_float_dtype_is_accepted():
-    s = _state()
+    s, s32 = _state(), _state()
     s["coef"] = torch.full((P, 4), 0.25, dtype=torch.float64)
     ops.pso_step_(**s)
+    ops.pso_step_(**s32)  # float32 coefficients of the same (exact) values
+    assert torch.equal(s["x"], s32["x"]) and torch.equal(s["v"], s32["v"])
+    assert not torch.equal(s["x"], _state()["x"])  # the step moved the particles

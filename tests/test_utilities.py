@@ -11,8 +11,8 @@ pytest.importorskip("tokenizers")
 
 from swarmkern.flat import load_experts  # noqa: E402
 from swarmkern.utilities import build_utility, parse_utility_config  # noqa: E402
-from swarmkern.utilities.common import (harmonic_mean, normalize_text, particle_evaluator,  # noqa: E402
-                                        resolve_utility_paths)
+from swarmkern.config import resolve_utility_paths  # noqa: E402
+from swarmkern.utilities.common import harmonic_mean, normalize_text, particle_evaluator  # noqa: E402
 from swarmkern.utilities.dataset import parse_choice_letter  # noqa: E402
 from swarmkern.utilities.multitask import ParetoFront  # noqa: E402
 from swarmkern.utilities.reward import parse_rating  # noqa: E402
@@ -303,19 +303,10 @@ def test_cleared_evaluators_give_their_model_back_unpatched(pool, setup):
 
 def test_full_weight_pool_through_a_utility(setup, tmp_path):
     """Full-weight experts (model tensors in .safetensors) are scored with functional_call."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
     from swarmkern.evaluate.full import FullWeightEvaluator
+    from swarmkern.testing import write_full_weight_experts
 
-    paths = []
-    for k in range(2):
-        m = AutoModelForCausalLM.from_pretrained(str(setup.model_dir))
-        sd = {n: (p + 0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(k))).contiguous()
-              for n, p in m.named_parameters() if "layers.3." in n}
-        save_file(sd, str(tmp_path / f"full{k}.safetensors"))
-        paths.append(tmp_path / f"full{k}.safetensors")
-    pool = load_experts(paths)
+    pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 2))
     with pytest.raises(ValueError, match="utility.model: required"):
         build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"])}, pool)
     built = build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]),

@@ -9,56 +9,16 @@
 
 #include <vector>
 
-#include "merge_common.h"
+#include "../checks.h"
+#include "swarmkern/merge.h"
 #include "swarmkern/philox.h"
 
 namespace swarmkern {
 namespace {
 
-constexpr uint32_t kDareStream = 0x44415245u;  // "DARE": swarmkern.merge.sparsify.DARE_STREAM
-constexpr int64_t kLanes = (merge::kBlock + 8) / 4;
-
-// Philox-4x32-10 (swarmkern/philox.h, same rounds and key schedule) for `groups` consecutive counters
-// (first_group + q, expert, kDareStream), laid out structure-of-arrays so every round is a flat loop
-// over lanes that the compiler vectorises. words[4 q + i] = word i of counter q.
-void philox_groups(uint64_t first_group, int64_t groups, uint32_t expert, uint32_t k0, uint32_t k1,
-                   uint32_t* words) {
-  alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-  for (int64_t q = 0; q < groups; ++q) {
-    const uint64_t group = first_group + static_cast<uint64_t>(q);
-    c0[q] = static_cast<uint32_t>(group);
-    c1[q] = static_cast<uint32_t>(group >> 32);
-    c2[q] = expert;
-    c3[q] = kDareStream;
-  }
-  uint32_t key0 = k0, key1 = k1;
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    if (round > 0) {
-      key0 += kPhiloxW0;
-      key1 += kPhiloxW1;
-    }
-    for (int64_t q = 0; q < groups; ++q) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[q];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[q];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[q] ^ key0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[q] ^ key1;
-      c1[q] = static_cast<uint32_t>(p1);
-      c3[q] = static_cast<uint32_t>(p0);
-      c0[q] = n0;
-      c2[q] = n2;
-    }
-  }
-  for (int64_t q = 0; q < groups; ++q) {
-    words[4 * q] = c0[q];
-    words[4 * q + 1] = c1[q];
-    words[4 * q + 2] = c2[q];
-    words[4 * q + 3] = c3[q];
-  }
-}
-
 at::Tensor merge_dare_cpu(const at::Tensor& src, const at::Tensor& weights, double density, int64_t seed,
                           int64_t offset, bool ties, int64_t method) {
-  merge::check_merge_args("merge_dare", src, weights);
+  check_merge_args("merge_dare", src, weights);
   TORCH_CHECK(density > 0.0 && density <= 1.0, "merge_dare: density must be in (0, 1], got ", density);
   TORCH_CHECK(offset >= 0, "merge_dare: offset must be >= 0, got ", offset);
   TORCH_CHECK(method == 0 || method == 1, "merge_dare: method must be 0 (total) or 1 (frequency)");
@@ -94,7 +54,7 @@ at::Tensor merge_dare_cpu(const at::Tensor& src, const at::Tensor& weights, doub
         const int64_t groups = (skip + len + 3) >> 2;
         for (int64_t k = 0; k < K; ++k) {
           const uint32_t expert = static_cast<uint32_t>(k);
-          philox_groups(first_group, groups, expert, k0, k1, words.data());
+          merge::dare_philox_groups(first_group, groups, expert, k0, k1, words.data());
           const scalar_t* row = sp + k * row_stride + j0;
           float* v = vals.data() + k * merge::kBlock;
           const uint32_t* wd = words.data() + skip;
@@ -123,10 +83,6 @@ at::Tensor merge_dare_cpu(const at::Tensor& src, const at::Tensor& weights, doub
 }  // namespace
 }  // namespace swarmkern
 
-TORCH_LIBRARY_FRAGMENT(SWARMKERN_MERGE_LIBRARY, m) {
-  m.def("merge_dare(Tensor src, Tensor weights, float density, int seed, int offset, bool ties, int method) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(SWARMKERN_MERGE_LIBRARY, CPU, m) {
+TORCH_LIBRARY_IMPL(swarmkern, CPU, m) {
   m.impl("merge_dare", &swarmkern::merge_dare_cpu);
 }

@@ -5,13 +5,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "merge_common.h"
+#include "../checks.h"
+#include "swarmkern/merge.h"
 
 namespace swarmkern {
 namespace {
 
 at::Tensor merge_ties_disjoint_cpu(const at::Tensor& trimmed, const at::Tensor& weights, int64_t method) {
-  merge::check_merge_args("merge_ties_disjoint", trimmed, weights);
+  check_merge_args("merge_ties_disjoint", trimmed, weights);
   TORCH_CHECK(method == 0 || method == 1, "merge_ties_disjoint: method must be 0 (total) or 1 (frequency)");
   const int64_t K = trimmed.size(0), n = trimmed.size(1);
   at::Tensor w = weights.contiguous();
@@ -38,10 +39,6 @@ at::Tensor merge_ties_disjoint_cpu(const at::Tensor& trimmed, const at::Tensor& 
 }  // namespace
 }  // namespace swarmkern
 
-TORCH_LIBRARY_FRAGMENT(SWARMKERN_MERGE_LIBRARY, m) {
-  m.def("merge_ties_disjoint(Tensor trimmed, Tensor weights, int method) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(SWARMKERN_MERGE_LIBRARY, CPU, m) {
+TORCH_LIBRARY_IMPL(swarmkern, CPU, m) {
   m.impl("merge_ties_disjoint", &swarmkern::merge_ties_disjoint_cpu);
 }

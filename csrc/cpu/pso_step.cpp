@@ -1,6 +1,6 @@
 // CPU kernels of pso_step_ and pso_step_random_: at::parallel_for over blocks of D; inside a block
 // each thread walks the P particles while the block's gbest/gworst stay in cache, so that they are
-// read from memory once per element for all P (KERNELS.md roofline). fp32 math, int64 indexing,
+// read from memory once per element for all P (docs/KERNELS.md roofline). fp32 math, int64 indexing,
 // at::vec for whole pairs of vectors and a scalar tail; built with -ffp-contract=off (bit-exact).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

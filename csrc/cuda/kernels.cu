@@ -2,7 +2,7 @@
 //
 // Each thread owns one 16-byte vector of columns (4 fp32 or 8 bf16/fp16 elements), loads gbest and
 // gworst for it once, then walks the P particles: bytes per element = 2*s_x + 2*s_v + s_p + (s_g+s_w)/P,
-// the roofline of KERNELS.md. Grid-stride loops, int64 indexing, fp32 math; built with --fmad=false
+// the roofline of docs/KERNELS.md. Grid-stride loops, int64 indexing, fp32 math; built with --fmad=false
 // so that fp32 results are bit-identical to the reference. The vector path needs 16-byte aligned rows;
 // otherwise (or for the last D % VEC columns) the same code runs one element at a time.
 #include <cuda_bf16.h>

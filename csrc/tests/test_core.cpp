@@ -1,5 +1,6 @@
 // Unit tests of the torch-free kernel core (csrc/include/swarmkern): Philox against the Random123
-// known-answer vectors and the Python spec, storage conversions, the update rule's operation order.
+// known-answer vectors and the Python spec, storage conversions, the update rule's operation order,
+// the merge kernels' block math (sign election + disjoint mean, the DARE Philox stream).
 // Run through ctest (CMakeLists.txt); `test_core <group>` runs one group.
 #include <cmath>
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "swarmkern/dtype.h"
+#include "swarmkern/merge.h"
 #include "swarmkern/philox.h"
 #include "swarmkern/update.h"
 
@@ -137,6 +139,39 @@ void test_update_order() {
   expect(swarmkern::combine_term(0.0f, 2.0f, 3.0f) == 6.0f, "combine term");
 }
 
+void test_merge_disjoint_mean() {
+  // 3 rows x 5 columns; expected values worked out by hand from the spec (merge/ties.py).
+  const float rows[3][5] = {{1.f, -2.f, 0.f, 3.f, -1.f}, {2.f, 1.f, 0.f, -3.f, -1.f}, {-4.f, 1.f, 0.f, 1.f, 2.f}};
+  const float w[3] = {1.f, 0.5f, 2.f};
+  float out[5];
+  // "total": column sums -1, 0, 0, 1, 0 -> signs -1, +1 (tie), +1 (tie), +1, +1
+  swarmkern::merge::elect_and_disjoint_mean(&rows[0][0], 5, 3, 5, w, false, out);
+  const float total[5] = {-8.f, 1.25f, 0.f, 2.5f, 4.f};
+  for (int j = 0; j < 5; ++j) expect(out[j] == total[j], "total disjoint mean column " + std::to_string(j));
+  // "frequency": sign votes +1, +1, 0, +1, -1 -> signs +1, +1, +1, +1, -1
+  swarmkern::merge::elect_and_disjoint_mean(&rows[0][0], 5, 3, 5, w, true, out);
+  const float freq[5] = {1.f, 1.25f, 0.f, 2.5f, -0.75f};
+  for (int j = 0; j < 5; ++j) expect(out[j] == freq[j], "frequency disjoint mean column " + std::to_string(j));
+}
+
+void test_merge_dare_stream() {
+  // The structure-of-arrays Philox of the DARE kernel equals philox4x32_10 counter by counter,
+  // including a group index past 2^32.
+  const uint64_t first = (uint64_t{1} << 32) - 3;
+  const int64_t groups = swarmkern::merge::kDareLanes;
+  uint32_t words[4 * swarmkern::merge::kDareLanes];
+  swarmkern::merge::dare_philox_groups(first, groups, 7u, 0x89ABCDEFu, 0x01234567u, words);
+  for (int64_t q = 0; q < groups; ++q) {
+    const uint64_t g = first + static_cast<uint64_t>(q);
+    const auto r = swarmkern::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 7u,
+                                            swarmkern::merge::kDareStream, 0x89ABCDEFu, 0x01234567u);
+    for (int i = 0; i < 4; ++i) {
+      expect(words[4 * q + i] == r.v[i], "dare_philox_groups group " + std::to_string(q) + " word " +
+                                             std::to_string(i));
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -146,6 +181,8 @@ int main(int argc, char** argv) {
   if (group == "all" || group == "dtype") test_bf16();
   if (group == "all" || group == "dtype") test_fp16();
   if (group == "all" || group == "update") test_update_order();
+  if (group == "all" || group == "merge") test_merge_disjoint_mean();
+  if (group == "all" || group == "merge") test_merge_dare_stream();
   if (failures) {
     std::fprintf(stderr, "%d failure(s)\n", failures);
     return 1;

@@ -25,7 +25,7 @@ def _parse_size(text: str) -> int:
 @click.option("--no-combine", is_flag=True, default=False, help="Skip the combine table.")
 def bench_cmd(particles, dims, dtypes, device, rounds, compiled, no_combine) -> None:
     """Time pso_step_ (and combine) on every available backend against the eager reference and a copy of
-    the same data, and print a markdown table of modelled GB/s (KERNELS.md)."""
+    the same data, and print a markdown table of modelled GB/s (docs/KERNELS.md)."""
     import torch
 
     from swarmkern import ops

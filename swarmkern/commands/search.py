@@ -54,7 +54,8 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
                no_progress, resume_if_exists, as_json):
     """Run a Model Swarms search described by CONFIG (YAML: experts, swarm, utility, output)."""
     from swarmkern.config import ConfigError, load_run_config
-    from swarmkern.distributed import DistributedError, launch_search
+    from swarmkern.distributed import DistributedError
+    from swarmkern.runner import launch_search
     from swarmkern.flat import IncompatibleExperts
 
     cfg = None
@@ -82,7 +83,8 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
 def resume_cmd(output_dir, as_json):
     """Continue a killed search from the last checkpoint in OUTPUT_DIR (ends as if never interrupted)."""
     from swarmkern.config import ConfigError
-    from swarmkern.distributed import DistributedError, launch_resume
+    from swarmkern.distributed import DistributedError
+    from swarmkern.runner import launch_resume
 
     try:
         result = launch_resume(output_dir)  # under torchrun: any number of processes (re-sharded)

@@ -28,7 +28,7 @@ from torch import nn
 
 from .base import ParticleEvaluator
 
-__all__ = ["LoraTarget", "UnsupportedAdapter", "lora_targets", "BatchedLoraLinear", "LoraEvaluator"]
+__all__ = ["LoraTarget", "UnsupportedAdapter", "lora_scale", "lora_targets", "BatchedLoraLinear", "LoraEvaluator"]
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>A|B)(?:\.[^.]+)?\.weight$")
 
@@ -53,6 +53,22 @@ def _pattern_key(patterns, key: str) -> str:
         return get_pattern_key(list(patterns), key)
     except ImportError:  # same rule as PEFT: a pattern matches a suffix of the module path
         return next((p for p in patterns if re.match(rf"(.*\.)?({p})$", key)), key)
+
+
+def lora_scale(adapter_config: dict[str, Any] | None, module: str | None = None) -> float:
+    """PEFT's scale of one adapted module (the factor of B @ A): lora_alpha / r, or lora_alpha / sqrt(r)
+    with use_rslora, where r and lora_alpha come from rank_pattern / alpha_pattern when a pattern
+    matches `module` (its path in the model; a leading "base_model.model." is ignored), else from r /
+    lora_alpha (PEFT's defaults: 8 and 8). module=None: the config's default scale. Torch-free: the
+    one source of the scale for the evaluator, compare's ΔW export and anything else."""
+    cfg = adapter_config or {}
+    rank, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    if module is not None:
+        module = module.removeprefix("base_model.model.")
+        rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+        rank = rank_pattern.get(_pattern_key(rank_pattern, module), rank)
+        alpha = alpha_pattern.get(_pattern_key(alpha_pattern, module), alpha)
+    return float(alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank)
 
 
 def _check_config(cfg: dict[str, Any]) -> None:
@@ -93,8 +109,7 @@ def lora_targets(layout, adapter_config: dict[str, Any], model: nn.Module) -> li
                                      "(embedding, DoRA, bias or saved-module tensors are not supported)")
         pairs.setdefault(m["module"], {})[m["which"]] = name
     modules = dict(model.named_modules())
-    r_default, alpha_default = cfg.get("r", 8), cfg.get("lora_alpha", 8)
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    r_default, rank_pattern = cfg.get("r", 8), cfg.get("rank_pattern") or {}
     targets = []
     for path, ab in pairs.items():
         if set(ab) != {"A", "B"}:
@@ -116,11 +131,9 @@ def lora_targets(layout, adapter_config: dict[str, Any], model: nn.Module) -> li
             raise UnsupportedAdapter(f"adapter module {path!r}: lora_A {list(a_shape)} / lora_B {list(b_shape)} do "
                                      f"not fit a {type(module).__name__}({features[0]} -> {features[1]})")
         rank = rank_pattern.get(_pattern_key(rank_pattern, path), r_default)
-        alpha = alpha_pattern.get(_pattern_key(alpha_pattern, path), alpha_default)
         if rank != r:
             raise UnsupportedAdapter(f"adapter module {path!r}: lora_A has rank {r} but adapter_config says r={rank}")
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        targets.append(LoraTarget(path, ab["A"], ab["B"], r, float(scale)))
+        targets.append(LoraTarget(path, ab["A"], ab["B"], r, lora_scale(cfg, path)))
     if not targets:
         raise UnsupportedAdapter("adapter has no lora_A/lora_B tensors")
     return targets

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from swarmkern.configfile import first_error
+
 __all__ = ["METHODS", "register_method", "parse_method_config", "available_methods"]
 
 METHODS: dict[str, type] = {}
@@ -59,6 +61,4 @@ def parse_method_config(spec: Any, where: str = "compare.methods"):
     try:
         return METHODS[kind].model_validate(spec)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{where}.{loc}: {first['msg']}") from None
+        raise ValueError(first_error(err, where)) from None

@@ -74,11 +74,6 @@ class LoraPair:
     def rank(self) -> int:
         return self.a.shape[0]
 
-    @property
-    def delta_shape(self) -> tuple[int, int]:
-        out, inn = self.b.shape[0], self.a.shape[1]
-        return (inn, out) if self.transpose else (out, inn)
-
 
 _PAIR_TOKENS = ((".lora_A.", ".lora_B.", False), (".lora_embedding_A", ".lora_embedding_B", True))
 

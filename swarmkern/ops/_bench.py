@@ -1,6 +1,6 @@
 """A small kernel benchmark shared by `swarmkern bench` and benchmarks/gpu_check.py: each backend of
 pso_step_ / combine against a copy of the same data timed in the same run, in GB/s of the modelled
-bytes (KERNELS.md):  pso_step_: (2*s_x + 2*s_v + s_p)*P*D + (s_g + s_w)*D;  combine: (K + M)*D*s;
+bytes (docs/KERNELS.md):  pso_step_: (2*s_x + 2*s_v + s_p)*P*D + (s_g + s_w)*D;  combine: (K + M)*D*s;
 copy: 2*s*numel. (The pytest-benchmark suite is benchmarks/bench_ops.py.)"""
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ layouts; this module only checks that it can run at all.
 
 AVAILABLE says whether the ops can run here and REASON why not. Tensors must be on DEVICE_TYPE:
 "cuda" on a GPU, "cpu" under the interpreter (TRITON_INTERPRET=1 set before triton is imported).
-On a GPU the ops are torch.library.triton_op's in the namespace "swarmkern_triton", so torch.compile
-traces into the kernels. Under the interpreter the same ops are registered (eager calls and FakeTensor
+On a GPU the ops are torch.library.triton_op's registered beside the C++/CUDA ops in the namespace
+"swarmkern", named triton_<op> (swarmkern::triton_pso_step_, ...), so torch.compile traces into the
+kernels. Under the interpreter the same ops are registered (eager calls and FakeTensor
 work) but the functions here launch the kernels directly: torch.compile cannot trace an interpreted
 kernel (inductor needs a compiled one).
 
@@ -20,13 +21,16 @@ Importing this module never raises.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 AVAILABLE: bool = False
 REASON: str = ""
 INTERPRET: bool = False
 DEVICE_TYPE: str = "cuda"
-NAMESPACE = "swarmkern_triton"
+NAMESPACE = "swarmkern"  # the C++/CUDA ops' namespace (csrc/ops.cpp); these ops are triton_<op>
+PREFIX = "triton_"
 
 try:
     from . import triton_kernels as _k
@@ -160,12 +164,12 @@ def _register():
         return _OPS
     from torch.library import triton_op, wrap_triton
 
-    @triton_op(f"{NAMESPACE}::pso_step_", mutates_args={"x", "v"})
+    @triton_op(f"{NAMESPACE}::{PREFIX}pso_step_", mutates_args={"x", "v"})
     def _pso_step_op(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                      gworst: torch.Tensor, coef: torch.Tensor, step: float) -> None:
         _launch_pso_step(x, v, pbest, gbest, gworst, coef, step, launch=wrap_triton)
 
-    @triton_op(f"{NAMESPACE}::pso_step_random_", mutates_args={"x", "v"})
+    @triton_op(f"{NAMESPACE}::{PREFIX}pso_step_random_", mutates_args={"x", "v"})
     def _pso_step_random_op(x: torch.Tensor, v: torch.Tensor, pbest: torch.Tensor, gbest: torch.Tensor,
                             gworst: torch.Tensor, phi: torch.Tensor, step: float, key_lo: int, key_hi: int,
                             iteration: int, particle_offset: int, r_lo: float, r_hi: float,
@@ -173,13 +177,13 @@ def _register():
         _launch_pso_step_random(x, v, pbest, gbest, gworst, phi, step, key_lo, key_hi, iteration,
                                 particle_offset, r_lo, r_hi, normalize, launch=wrap_triton)
 
-    @triton_op(f"{NAMESPACE}::combine", mutates_args={})
+    @triton_op(f"{NAMESPACE}::{PREFIX}combine", mutates_args={})
     def _combine_op(src: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.empty((weights.shape[0], src.shape[1]), dtype=src.dtype, device=src.device)
         _launch_combine(src, weights, out, launch=wrap_triton)
         return out
 
-    @triton_op(f"{NAMESPACE}::combine_out", mutates_args={"out"})
+    @triton_op(f"{NAMESPACE}::{PREFIX}combine_out", mutates_args={"out"})
     def _combine_out_op(src: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
         _launch_combine(src, weights, out, launch=wrap_triton)
 
@@ -194,13 +198,16 @@ def _register():
         def _(src, weights):
             return src.new_empty((weights.shape[0], src.shape[1]))
 
-    _OPS = getattr(torch.ops, NAMESPACE)
+    namespace = getattr(torch.ops, NAMESPACE)
+    _OPS = SimpleNamespace(**{op: getattr(namespace, PREFIX + op)
+                              for op in ("pso_step_", "pso_step_random_", "combine", "combine_out")})
     return _OPS
 
 
 def ops():
-    """The registered torch.ops.swarmkern_triton namespace (pso_step_, pso_step_random_, combine,
-    combine_out); raises RuntimeError when the backend is unavailable."""
+    """The registered ops torch.ops.swarmkern.triton_{pso_step_, pso_step_random_, combine, combine_out},
+    as attributes pso_step_, pso_step_random_, combine, combine_out; raises RuntimeError when the backend
+    is unavailable."""
     _require()
     return _register()
 
@@ -298,5 +305,5 @@ def philox4x32(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-__all__ = ["AVAILABLE", "REASON", "INTERPRET", "DEVICE_TYPE", "NAMESPACE", "pso_step_", "pso_step_random_",
+__all__ = ["AVAILABLE", "REASON", "INTERPRET", "DEVICE_TYPE", "NAMESPACE", "PREFIX", "pso_step_", "pso_step_random_",
            "combine", "ops", "philox_words", "philox4x32"]

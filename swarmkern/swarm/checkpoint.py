@@ -4,6 +4,9 @@ Layout of `<output_dir>/checkpoint/`:
     ckpt-<iteration>-rank<r>.safetensors   x, v, pbest (owned rows), gworst
     ckpt-<iteration>-rank<r>.json          bookkeeping (scores, counters, step length, ...)
     latest-rank<r>.json                    {"iteration": t, "tensors": ..., "state": ...}
+    journal.log                            one record per iteration (journal.py; rank 0)
+These snapshots are written only now and then (swarm.snapshot_every / snapshot_budget); the journal
+records every iteration in between, and resume replays them (search.py).
 Each file is written under a temporary name, fsync'ed and renamed; the `latest` pointer is replaced
 last and older files are deleted only after it, so a process killed at any moment (SIGKILL included)
 leaves either the previous or the new checkpoint complete and pointed to.
@@ -22,19 +25,20 @@ from typing import Any
 
 import torch
 
-from swarmkern.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+from swarmkern.atomic import atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+from swarmkern.streaming import save_safetensors_streaming
 
 CHECKPOINT_DIR = "checkpoint"
 
 
 def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.Tensor],
                     state: dict[str, Any], rank: int = 0) -> Path:
-    """Write one checkpoint atomically and point `latest-rank<r>.json` at it."""
+    """Write one checkpoint atomically and point `latest-rank<r>.json` at it. The tensors are streamed
+    to the file block by block (they may be memory-mapped buffers larger than RAM, or on a GPU)."""
     ckdir = Path(output_dir) / CHECKPOINT_DIR
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = f"ckpt-{iteration:07d}-rank{rank}"
-    cpu = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
-    atomic_save_safetensors(ckdir / f"{stem}.safetensors", cpu)
+    save_safetensors_streaming(ckdir / f"{stem}.safetensors", {k: (t.detach(), t.dtype) for k, t in tensors.items()})
     atomic_write_json(ckdir / f"{stem}.json", state)
     fsync_dir(ckdir)
     atomic_write_json(ckdir / f"latest-rank{rank}.json",
@@ -122,10 +126,12 @@ def latest_complete(output_dir: Path) -> tuple[int, list[dict[str, Any]]] | None
     return None
 
 
-def load_sharded(output_dir: Path, collective: Any, device: str | torch.device = "cpu"
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_sharded(output_dir: Path, collective: Any, device: str | torch.device = "cpu", *,
+                 into: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The rows `collective.owned(P)` of x, v, pbest [n_owned, D] and gworst [D] from the latest
-    complete checkpoint, whatever world size wrote it; each process reads only its own rows."""
+    complete checkpoint, whatever world size wrote it; each process reads only its own rows. With
+    `into` (buffers of those shapes, e.g. memory-mapped ones) the rows are copied there one row at a
+    time and `into` is returned: nothing full-size is allocated."""
     from safetensors import safe_open
 
     found = latest_complete(output_dir)
@@ -137,20 +143,24 @@ def load_sharded(output_dir: Path, collective: Any, device: str | torch.device =
     state = states[0]
     owned = collective.owned(int(state["book"]["n_particles"]))
     dtype = getattr(torch, state["dtype"])
-    parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "pbest": []}
-    gworst = None
+    dim = int(state["dim"])
+    if into is None:
+        into = {name: torch.empty(len(owned), dim, dtype=dtype, device=device) for name in ("x", "v", "pbest")}
+        into["gworst"] = torch.empty(dim, dtype=dtype, device=device)
+    for name, t in into.items():
+        want = (dim,) if name == "gworst" else (len(owned), dim)
+        if tuple(t.shape) != want or t.dtype != dtype:
+            raise ValueError(f"checkpoint tensor {name!r} is {list(want)} {dtype}, expected {list(t.shape)} {t.dtype}")
     for r, s in enumerate(states):
         a, b = s["owned"]
         lo, hi = max(a, owned.start), min(b, owned.stop)
-        if lo >= hi and gworst is not None:
+        if lo >= hi and r > 0:
             continue
-        with safe_open(str(ckdir / f"ckpt-{iteration:07d}-rank{r}.safetensors"), "pt", device=str(device)) as f:
-            if gworst is None:
-                gworst = f.get_tensor("gworst")
-            if lo < hi:
-                for name in parts:
-                    parts[name].append(f.get_slice(name)[lo - a:hi - a])
-    tensors = {name: torch.cat(p) if p else torch.empty(0, int(state["dim"]), dtype=dtype, device=device)
-               for name, p in parts.items()}
-    tensors["gworst"] = gworst
-    return tensors, dict(state, owned=[owned.start, owned.stop], world_size=collective.world_size)
+        with safe_open(str(ckdir / f"ckpt-{iteration:07d}-rank{r}.safetensors"), "pt", device="cpu") as f:
+            if r == 0:
+                into["gworst"].copy_(f.get_tensor("gworst"))
+            for name in ("x", "v", "pbest"):
+                rows = f.get_slice(name)
+                for i in range(lo, hi):  # one row at a time: a [P, D] shard may exceed RAM
+                    into[name][i - owned.start].copy_(rows[i - a:i - a + 1][0])
+    return into, dict(state, owned=[owned.start, owned.stop], world_size=collective.world_size)

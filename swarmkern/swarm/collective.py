@@ -3,7 +3,7 @@
 A process holds the rows of a set of particles (`owned`); everything global goes through a
 `Collective`: the scores of all particles (all-gather), the global best row (broadcast from the
 process that owns it) and the global worst row. `LocalCollective` is the one-process identity; a
-torch.distributed implementation provides the same four methods (issue 7).
+torch.distributed implementation (swarmkern/distributed.py) provides the same four methods.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from swarmkern.atomic import atomic_write_bytes, atomic_write_json
 
 HISTORY = "history.jsonl"
 SUMMARY = "summary.json"
@@ -61,8 +61,6 @@ def plot_history(output_dir: Path, title: str = "Model Swarms search") -> Path |
     history = read_history(output_dir)
     if not history:
         return None
-    import io
-
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -81,12 +79,22 @@ def plot_history(output_dir: Path, title: str = "Model Swarms search") -> Path |
     ax.set_xlabel("iteration")
     ax.set_ylabel("utility (dev)")
     ax.set_title(title)
+    path = Path(output_dir) / PLOT
+    atomic_write_bytes(path, figure_png(fig, ax))
+    return path
+
+
+def figure_png(fig, ax) -> bytes:
+    """Finish a one-axes matplotlib figure the way every plot here looks (grid, legend) and return it
+    as PNG bytes; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    path = Path(output_dir) / PLOT
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()

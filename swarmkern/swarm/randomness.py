@@ -22,6 +22,8 @@ class Purpose(IntEnum):
     DROP_ITERATION = 4    # dropK: skip iteration t's evaluation
     DROP_PARTICLE = 5     # dropN: skip particle i's evaluation at iteration t
     ELEMENT_SEED = 6      # the key of the per-element kernel stream (pso_step_random_)
+    SWEEP = 7             # a sweep's random configuration c (keyed by the sweep's own seed)
+    SELECT_SPLIT = 8      # example e's key when a select split is carved from dev (keyed by select_seed)
 
 
 def uniforms(seed: int, purpose: Purpose, particles: torch.Tensor | list[int] | range, iteration: int,

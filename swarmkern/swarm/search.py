@@ -4,10 +4,27 @@
     result = swarm.run()                              # SwarmResult
     result = Swarm.resume(output_dir, utility).run()  # after a crash: bit-identical continuation
 
+    while not swarm.done:                             # the same search, driven from outside (ask/tell)
+        asked = swarm.ask()                           # Ask: rows [n, D] + their particle indices
+        swarm.tell(my_scores(asked.rows))             # n utilities, higher is better
+    result = swarm.finish()
+
+Checkpoints: every iteration appends a journal record (the utilities it received, a few hundred bytes,
+fsync'ed; journal.py) and now and then a snapshot of the buffers is written (checkpoint.py). Resume
+loads the latest snapshot and replays the journaled iterations after it (kernel steps and bookkeeping,
+no evaluations): the search is a pure function of its seed, its experts and the utilities it got.
+
 A utility is any callable f(particles [B, D]) -> B floats (higher is better). The search passes row
 views of its own x buffer (a gathered copy only when some particles are skipped) and as many
 particles per call as it can (`batch_size` caps it). NaN/inf count as -inf (the worst possible),
 are counted and reported. This module never imports transformers.
+
+Ask/tell (the convention of nevergrad, cma and EvoTorch) splits an iteration at the utility call:
+`ask()` applies restarts and the update (at the start: fills the population) and returns the rows
+that need a utility; `tell(scores)` does the bookkeeping, the history line and the checkpoint.
+`run()` is a loop over them and `score_rows` is how it calls the utility, so a search driven
+through ask/tell gives the same results bit for bit. Several swarms can be driven together, their
+asked rows scored in one batched call (swarm/sweep.py).
 """
 from __future__ import annotations
 
@@ -22,9 +39,10 @@ import torch
 
 from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
+from swarmkern.streaming import copy_rows_
 
 from . import checkpoint as ckpt
-from . import outputs
+from . import journal, outputs
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import (Purpose, coefficient_factors, distinct_pair, element_seed, other_index,
@@ -33,6 +51,7 @@ from .state import STATE_VERSION, Bookkeeping, SwarmBuffers
 
 Utility = Callable[[torch.Tensor], Any]
 EXPERTS_JSON = "experts.json"
+BUFFERS_DIR = "buffers"  # storage: mmap keeps the live x, v, pbest files here
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,6 +69,59 @@ class SwarmResult:
     best_path: Path | None = None
 
 
+@dataclass
+class Ask:
+    """The rows one `Swarm.ask()` wants scored: `rows` [n, D] are this process's particles `indices`
+    (global, ascending) at `iteration` (0 = the initial population). `rows` is a view of the swarm's
+    x buffer (a gathered copy when some particles are skipped): read it, do not write it, and score
+    it before the next `tell`. `parts` are the same rows as views of runs of consecutive rows (never
+    a copy): with storage: mmap the search scores them part by part instead of gathering `rows`."""
+    iteration: int
+    indices: list[int]
+    parts: list[torch.Tensor]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return torch.cat(self.parts) if self.parts else torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def score_rows(fn: Utility, rows: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """fn over `rows` [n, D] in calls of at most `batch_size` rows (None: one call), under no_grad:
+    the raw scores as float64 on the CPU [n] (non-finite values are left as they are). No call for n = 0."""
+    n = rows.shape[0]
+    out = torch.empty(n, dtype=torch.float64)
+    if n == 0:
+        return out
+    bs = batch_size or n
+    with torch.no_grad():
+        for s in range(0, n, bs):
+            part = rows[s:s + bs]
+            got = fn(part)
+            vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
+                    else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
+            if vals.numel() != part.shape[0]:
+                raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
+            out[s:s + part.shape[0]] = vals
+    return out
+
+
+@dataclass
+class _Pending:
+    """What `ask` leaves for `tell`: the asked rows and the iteration's context."""
+    asked: Ask
+    local_rows: torch.Tensor   # rows of this process's buffers, [n] long
+    step: float                # the step length used by this iteration's update
+    restarts: list[int]
+    skipped: set[int]
+    timings: dict[str, float]
+    asked_at: float            # perf_counter when ask returned
+
+
 class Swarm:
     """A particle swarm over the rows of one [P, D] buffer (see the module docstring).
 
@@ -60,7 +132,7 @@ class Swarm:
 
     def __init__(self, config: SwarmConfig, init: ExpertPool | torch.Tensor | Sequence[Any], utility: Utility,
                  test_utility: Utility | None = None, output_dir: str | Path | None = None, *,
-                 collective: Collective | None = None, overwrite: bool = False):
+                 collective: Collective | None = None, overwrite: bool = False, _resuming: bool = False):
         self.config = config if isinstance(config, SwarmConfig) else SwarmConfig.model_validate(config)
         self.pool = init if isinstance(init, ExpertPool) else load_experts(init)
         self.utility = utility
@@ -74,10 +146,18 @@ class Swarm:
         self.buffers: SwarmBuffers | None = None
         self.book: Bookkeeping | None = None
         self.history: list[dict[str, Any]] = []
+        self._pending: _Pending | None = None  # the last ask(), until its tell()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0
-        self._last_checkpoint_s = 0.0
-        if self.output_dir is not None and self.collective.rank == 0:
+        self._last_checkpoint_s = 0.0  # the previous iteration's journal append + snapshot, if any
+        self._last_snapshot_s = 0.0    # ... of which the snapshot
+        self._journal: journal.Journal | None = None
+        self._snapshot_iteration: int | None = None  # the iteration of the latest snapshot
+        self._snapshot_started = 0.0                  # perf_counter() when it started
+        self._snapshot_cost = 0.0                     # its duration in seconds
+        if self.config.storage == "mmap" and self.output_dir is None:
+            raise ValueError("swarm.storage: mmap needs an output directory (the buffers are files there)")
+        if self.output_dir is not None and self.collective.rank == 0 and not _resuming:
             if ckpt.has_checkpoint(self.output_dir) and not overwrite:
                 raise FileExistsError(f"{self.output_dir}: already holds a run; resume it (swarmkern resume "
                                       "DIR / Swarm.resume) or start afresh (--overwrite / overwrite=True)")
@@ -101,36 +181,89 @@ class Swarm:
         self._require_started()
         return self.book.u_gbest
 
+    @property
+    def done(self) -> bool:
+        """True once a stop rule (max_iters, patience) fires with no ask pending; False before the
+        initial population is scored."""
+        return self.book is not None and self._pending is None and self._stop_reason() is not None
+
     def run(self) -> SwarmResult:
-        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs."""
+        """Initialise (if not resumed), iterate until a stop rule fires, then write the outputs:
+        a loop of ask / score_rows / tell, then finish."""
         from tqdm.auto import tqdm
 
-        if self.book is None:
-            self._initialise()
         cfg = self.config
+        if self.book is None:  # the initial population is the first ask/tell
+            self.tell(self._score(self.utility, self.ask()))
         bar = tqdm(total=cfg.max_iters, initial=self.book.iteration, unit="it", desc="swarm", leave=False,
                    disable=not cfg.progress or self.collective.rank != 0, dynamic_ncols=True)
         try:
-            while True:
-                reason = self._stop_reason()
-                if reason is not None:
-                    self.book.stop_reason = reason
-                    break
-                self._iterate()
+            while not self.done:
+                self.tell(self._score(self.utility, self.ask()))
                 bar.update(1)
                 bar.set_postfix(best=f"{self.book.u_gbest:.4g}", step=f"{self.book.step:.3g}")
         finally:
             bar.close()
+        return self.finish()
+
+    def ask(self) -> Ask:
+        """The rows that need a utility now. The first call fills the initial population (all
+        particles, iteration 0); later calls restart stray particles, apply the update and draw
+        dropK/dropN (skipped particles keep their last utility and are not asked). Asking again
+        before `tell` returns the same Ask. Under torch.distributed each process asks (and is told)
+        the rows it owns. Raises RuntimeError once the search is done."""
+        if self._pending is not None:
+            return self._pending.asked
+        if self.book is None:
+            return self._ask_initial()
+        reason = self._stop_reason()
+        if reason is not None:
+            raise RuntimeError(f"the search has stopped ({reason}): call finish()")
+        return self._ask_iteration()
+
+    def tell(self, scores: torch.Tensor | Sequence[float]) -> None:
+        """The utilities of the last `ask()`'s rows, in its order (NaN/inf count as -inf). Updates
+        personal and global bests, the global worst, the step length and the counters, appends the
+        history line and writes the checkpoint when one is due."""
+        pend = self._pending
+        if pend is None:
+            raise RuntimeError("tell() without a pending ask(): call ask() first")
+        vals = (scores.detach().to("cpu", torch.float64) if isinstance(scores, torch.Tensor)
+                else torch.tensor([float(x) for x in scores], dtype=torch.float64)).reshape(-1)
+        if vals.numel() != len(pend.asked):
+            raise ValueError(f"tell: {vals.numel()} scores for {len(pend.asked)} asked particles")
+        told_at = time.perf_counter()
+        self._pending = None
+        u, nonfinite_mask, bad_mask = self._gather_scores(vals, pend.local_rows)
+        if pend.asked.iteration == 0:
+            self._tell_initial(u, nonfinite_mask, bad_mask, evaluate_s=told_at - pend.asked_at)
+        else:
+            self._tell_iteration(pend, u, nonfinite_mask, bad_mask, told_at)
+
+    def finish(self) -> SwarmResult:
+        """Score the global best on the test utility, export it, write summary.json and the plot;
+        the SwarmResult. Call it once `done` (or earlier, to stop the search where it is)."""
+        if self._pending is not None:
+            raise RuntimeError("finish() with an ask pending: tell() its scores first")
+        self._require_started()
+        if self.output_dir is not None and self.config.checkpoint and self._snapshot_iteration != self.book.iteration:
+            self._snapshot()  # the final state, complete on disk (a resume then only finishes)
+        self.book.stop_reason = self._stop_reason() or "stopped by the caller"
         return self._finish()
 
     @classmethod
     def resume(cls, output_dir: str | Path, utility: Utility, test_utility: Utility | None = None, *,
                collective: Collective | None = None, pool: ExpertPool | None = None) -> "Swarm":
-        """A Swarm restored from the latest checkpoint in `output_dir`; `.run()` continues it and ends
+        """A Swarm restored from `output_dir`: the latest complete snapshot (written by any number of
+        processes) plus a replay of the journaled iterations after it. `.run()` continues it and ends
         exactly where the uninterrupted run would have (same buffers, same history)."""
         output_dir = Path(output_dir)
         collective = collective or LocalCollective()
-        tensors, state = ckpt.load_checkpoint(output_dir, collective=collective)  # any world size
+        found = ckpt.latest_complete(output_dir)
+        if found is None:
+            raise FileNotFoundError(f"{output_dir}: no complete checkpoint to resume from "
+                                    f"(no iteration has the shards of every rank in {ckpt.CHECKPOINT_DIR}/)")
+        state = found[1][0]
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
@@ -139,24 +272,33 @@ class Swarm:
             pool = ExpertPool.from_description(described)
         elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
             raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
-        self = cls.__new__(cls)
-        self.config, self.pool, self.utility, self.test_utility = config, pool, utility, test_utility
-        self.output_dir, self.collective = output_dir, collective
-        self.device = torch.device(config.device)
-        self.dtype = getattr(torch, state["dtype"])
-        self.coef_weights, self.origins = self._population()
-        self.n_particles = self.coef_weights.shape[0]
-        self.book = Bookkeeping.from_json(state["book"])
-        if self.book.n_particles != self.n_particles:
-            raise ValueError(f"{output_dir}: checkpoint has {self.book.n_particles} particles, config gives {self.n_particles}")
-        self.buffers = SwarmBuffers(collective.owned(self.n_particles), self.dim, self.dtype, self.device)
-        self.buffers.load({k: t.to(self.device) for k, t in tensors.items()})
+        self = cls(config, pool, utility, test_utility, output_dir, collective=collective, _resuming=True)
+        if str(self.dtype).removeprefix("torch.") != state["dtype"]:
+            raise ValueError(f"{output_dir}: checkpoint dtype {state['dtype']} is not the run's {self.dtype}")
+        book = Bookkeeping.from_json(state["book"])
+        if book.n_particles != self.n_particles:
+            raise ValueError(f"{output_dir}: checkpoint has {book.n_particles} particles, config gives {self.n_particles}")
+        self.buffers = self._new_buffers(fresh=False)  # the mapped files are reused, then overwritten
+        ckpt.load_sharded(output_dir, collective, into=self.buffers.tensors())
+        self.book = book
         self._point_gbest()
-        self._session_start = time.perf_counter()
-        self._wall_base = self.book.wall_seconds
-        self._last_checkpoint_s = 0.0
+        self._snapshot_iteration, self._snapshot_cost = book.iteration, float(state.get("snapshot_seconds", 0.0))
+        self._snapshot_started = time.perf_counter()
+        records, keep = journal.read(output_dir / ckpt.CHECKPOINT_DIR)
+        todo = [r for r in records if r.iteration > book.iteration]
+        if todo and todo[0].iteration != book.iteration + 1:
+            raise ValueError(f"{output_dir}: the journal starts at iteration {todo[0].iteration}, after the "
+                             f"snapshot of iteration {book.iteration} + 1")
+        for record in todo:  # each journaled iteration: ask (restarts, the update), tell what it was told
+            self._replay(record)
+        if todo:
+            book.wall_seconds, book.history_bytes = todo[-1].wall_seconds, todo[-1].history_bytes
+        self._wall_base = book.wall_seconds
         if collective.rank == 0:
-            outputs.truncate_history(output_dir, self.book.history_bytes)
+            outputs.truncate_history(output_dir, book.history_bytes)
+            if config.checkpoint:  # records end where the replay ended; a torn one is cut off
+                self._journal = journal.Journal(output_dir / ckpt.CHECKPOINT_DIR,
+                                                keep_bytes=keep if records and records[-1].iteration >= book.iteration else 0)
         self.history = outputs.read_history(output_dir)
         return self
 
@@ -195,11 +337,11 @@ class Swarm:
         return torch.stack(rows), origins
 
     # -- initialisation ----------------------------------------------------------------------------
-    def _initialise(self) -> None:
+    def _ask_initial(self) -> Ask:
         cfg, coll = self.config, self.collective
         P = self.n_particles
         owned = coll.owned(P)
-        buf = SwarmBuffers(owned, self.dim, self.dtype, self.device)
+        buf = self._new_buffers(fresh=True)
         self.buffers = buf
         own = list(owned)
         targets = [(buf.x, self.coef_weights[own])]
@@ -208,12 +350,14 @@ class Swarm:
             u = uniforms(cfg.seed, Purpose.VELOCITY_PARTNER, own, 0)[:, 0].tolist()
             partners = [other_index(ui, i, P) for ui, i in zip(u, own)]
             targets.append((buf.v, self.coef_weights[partners] - self.coef_weights[own]))
-        self.pool.fill(targets)
-        buf.pbest.copy_(buf.x)
+        self.pool.fill(targets, block=buf.block)
+        copy_rows_(buf.pbest, buf.x, buf.block)
+        return self._ask_rows(0, set(), step=cfg.step, restarts=[], timings={})
 
-        t0 = time.perf_counter()
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, set())
-        eval_s = time.perf_counter() - t0
+    def _tell_initial(self, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool], *,
+                      evaluate_s: float) -> None:
+        cfg, coll, buf = self.config, self.collective, self.buffers
+        P, owned = self.n_particles, buf.owned
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         book = Bookkeeping(n_particles=P, step=cfg.step, u_now=list(u), u_pbest=list(u), since_best=[1] * P,
                            origins=self.origins, initial_utilities=list(u))
@@ -236,7 +380,8 @@ class Swarm:
         if self.test_utility is not None:
             starters = [i for i, o in enumerate(self.origins) if o["kind"] != "child"]
             local = torch.tensor([i - owned.start for i in starters if i in owned], dtype=torch.long)
-            vals, _, _ = self._evaluate(self.test_utility, local)
+            vals = torch.cat([score_rows(self.test_utility, part, cfg.batch_size) for part in self._row_parts(local)])
+            vals[~torch.isfinite(vals)] = -math.inf
             full = torch.full((len(owned),), math.nan, dtype=torch.float64)
             if len(local):
                 full[local] = vals
@@ -245,9 +390,21 @@ class Swarm:
         if self.output_dir is not None and coll.rank == 0:
             ckpt.atomic_write_json(self.output_dir / EXPERTS_JSON, self.pool.describe(), indent=2)
             outputs.truncate_history(self.output_dir, 0)
+            if cfg.checkpoint:
+                self._journal = journal.Journal(self.output_dir / ckpt.CHECKPOINT_DIR, keep_bytes=0)
         self._record(0, cfg.step, restarts=[], skipped=[], improved=list(range(P)), nonfinite=nonfinite,
-                     timings={"evaluate_s": eval_s})
-        self._checkpoint()
+                     timings={"evaluate_s": evaluate_s})
+        self._checkpoint(journal.Record(0, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows, [], [],
+                                        cfg.step, 0, 0.0))
+
+    def _new_buffers(self, fresh: bool) -> SwarmBuffers:
+        cfg = self.config
+        # the per-element random stream is keyed by the column: its kernel must see every column at once
+        block = self.dim if cfg.randomness == "element" else cfg.block_size
+        directory = self.output_dir / BUFFERS_DIR if self.output_dir is not None else None
+        return SwarmBuffers(self.collective.owned(self.n_particles), self.dim, self.dtype, self.device,
+                            storage=cfg.storage, directory=directory, rank=self.collective.rank, block=block,
+                            fresh=fresh)
 
     # -- one iteration -------------------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
@@ -260,8 +417,8 @@ class Swarm:
             return "patience"
         return None
 
-    def _iterate(self) -> None:
-        cfg, book, buf, coll = self.config, self.book, self.buffers, self.collective
+    def _ask_iteration(self) -> Ask:
+        cfg, book, buf = self.config, self.book, self.buffers
         P, owned = self.n_particles, buf.owned
         t = book.iteration + 1
         step = book.step
@@ -285,14 +442,22 @@ class Swarm:
         else:
             coef = self.coefficients(t).to(self.device)
             tk = time.perf_counter()
-            ops.pso_step_(buf.x, buf.v, buf.pbest, buf.gbest, buf.gworst, coef, step, backend=cfg.backend)
+            for a, b in buf.blocks():  # one block for storage: memory; elementwise, so the same numbers
+                ops.pso_step_(buf.x[:, a:b], buf.v[:, a:b], buf.pbest[:, a:b], buf.gbest[a:b], buf.gworst[a:b],
+                              coef, step, backend=cfg.backend)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
+        return self._ask_rows(t, self._skipped(t), step=step, restarts=restarts,
+                              timings={"update_s": t1 - t0, "kernel_s": t1 - tk})
 
-        skipped = self._skipped(t)
-        u, nonfinite_mask, bad_mask = self._evaluate_owned(self.utility, skipped)
-        t2 = time.perf_counter()
+    def _tell_iteration(self, pend: _Pending, u: list[float], nonfinite_mask: list[bool], bad_mask: list[bool],
+                        told_at: float, *, replay: bool = False) -> None:
+        """The bookkeeping of an iteration given every particle's utility; with `replay` (resume redoing
+        a journaled iteration) nothing is written."""
+        cfg, book, buf = self.config, self.book, self.buffers
+        P, t, step = self.n_particles, pend.asked.iteration, pend.step
+        restarts, skipped = pend.restarts, pend.skipped
         nonfinite, bad_rows = sum(nonfinite_mask), [i for i in range(P) if bad_mask[i]]
         improved = []
         for i in range(P):
@@ -324,11 +489,27 @@ class Swarm:
         book.restarts_total += len(restarts)
         book.evaluations_total += P - len(skipped)
         book.skipped_total += len(skipped)
+        if replay:
+            return
         t3 = time.perf_counter()
         self._record(t, step, restarts=restarts, skipped=sorted(skipped), improved=improved, nonfinite=nonfinite,
-                     timings={"update_s": t1 - t0, "kernel_s": t1 - tk, "evaluate_s": t2 - t1, "bookkeeping_s": t3 - t2,
-                              "last_checkpoint_s": self._last_checkpoint_s})
-        self._checkpoint()
+                     timings={**pend.timings, "evaluate_s": told_at - pend.asked_at, "bookkeeping_s": t3 - told_at,
+                              "last_checkpoint_s": self._last_checkpoint_s, "last_snapshot_s": self._last_snapshot_s})
+        self._checkpoint(journal.Record(t, list(u), [i for i in range(P) if nonfinite_mask[i]], bad_rows,
+                                        sorted(skipped), restarts, step, 0, 0.0))
+
+    def _replay(self, record: journal.Record) -> None:
+        """Redo a journaled iteration: ask (restarts, the update), then its bookkeeping with the
+        utilities the journal recorded: no evaluation, nothing written."""
+        asked, pend, P = self.ask(), self._pending, self.n_particles
+        if record.iteration != asked.iteration or record.skipped != sorted(pend.skipped) \
+                or record.restarts != pend.restarts or record.step != pend.step:
+            raise ValueError(f"journal record of iteration {record.iteration} does not match the run "
+                             f"(iteration {asked.iteration}): was the configuration changed?")
+        self._pending = None
+        nonfinite, bad = set(record.nonfinite), set(record.bad_rows)
+        self._tell_iteration(pend, list(record.utilities), [i in nonfinite for i in range(P)],
+                             [i in bad for i in range(P)], time.perf_counter(), replay=True)
 
     def coefficients(self, iteration: int) -> torch.Tensor:
         """The normalised (c_v, c_p, c_g, c_w) of this process's particles at an iteration: fp32 [n, 4].
@@ -355,55 +536,58 @@ class Swarm:
         return set()
 
     # -- helpers --------------------------------------------------------------------------------------
-    def _evaluate_owned(self, fn: Utility, skipped: set[int]) -> tuple[list[float], list[bool], list[bool]]:
-        """Score this process's particles except `skipped` (they keep their last score); returns,
+    def _row_parts(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Local rows `rows` [n] (ascending) of x as views of its runs of consecutive rows."""
+        if len(rows) == 0:
+            return [self.buffers.x[:0]]
+        cuts = (torch.nonzero(rows[1:] - rows[:-1] != 1).flatten() + 1).tolist()
+        return [self.buffers.x[int(run[0]):int(run[-1]) + 1] for run in torch.tensor_split(rows, cuts)]
+
+    def _score(self, fn: Utility, asked: Ask) -> torch.Tensor:
+        """`score_rows` over an Ask: the gathered rows in one go (as many particles per call as
+        batch_size allows), or with storage: mmap each run of consecutive mapped rows on its own, so
+        that no copy of the rows is ever made."""
+        if self.config.storage == "mmap" and len(asked.parts) > 1:
+            return torch.cat([score_rows(fn, part, self.config.batch_size) for part in asked.parts])
+        return score_rows(fn, asked.rows, self.config.batch_size)
+
+    def _ask_rows(self, t: int, skipped: set[int], *, step: float, restarts: list[int],
+                  timings: dict[str, float]) -> Ask:
+        """Ask for this process's particles at iteration t except `skipped`."""
+        owned = self.buffers.owned
+        local = [r for r, i in enumerate(owned) if i not in skipped]
+        rows = torch.tensor(local, dtype=torch.long)
+        asked = Ask(iteration=t, indices=[owned.start + r for r in local], parts=self._row_parts(rows))
+        self._pending = _Pending(asked, rows, step, restarts, skipped, timings, time.perf_counter())
+        return asked
+
+    def _gather_scores(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[list[float], list[bool], list[bool]]:
+        """The scores of local rows `rows` (non-finite -> -inf; the others keep their last score) ->
         for all P particles (gathered): scores, non-finite-score flags, non-finite-location flags."""
         buf, coll, P = self.buffers, self.collective, self.n_particles
         owned = buf.owned
-        todo = torch.tensor([r for r, i in enumerate(owned) if i not in skipped], dtype=torch.long)
-        scores, nonfinite, bad_rows = self._evaluate(fn, todo)
-        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
-                             dtype=torch.float64)
-        flags = torch.zeros(len(owned), dtype=torch.float64)
-        bad = torch.zeros(len(owned), dtype=torch.float64)
-        if len(todo):
-            local[todo] = scores
-            flags[todo] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
-        for i in bad_rows:
-            bad[i - owned.start] = 1.0
-        u = coll.all_gather_scores(local, P).tolist()
-        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
-        br = [bool(x) for x in coll.all_gather_scores(bad, P).tolist()]
-        return u, nf, br
-
-    def _evaluate(self, fn: Utility, rows: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
-        """Scores (float64, non-finite -> -inf) of local rows `rows` of x, the count of non-finite
-        scores, and the global indices of evaluated locations that are themselves non-finite."""
-        buf, n = self.buffers, len(rows)
-        out = torch.empty(n, dtype=torch.float64)
-        if n == 0:
-            return out, 0, []
-        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if n > 1 else True
-        source = buf.x[int(rows[0]):int(rows[0]) + n] if contiguous else buf.x.index_select(0, rows.to(self.device))
-        bs = self.config.batch_size or n
-        with torch.no_grad():
-            for s in range(0, n, bs):
-                part = source[s:s + bs]
-                got = fn(part)
-                vals = (got.detach().to("cpu", torch.float64) if isinstance(got, torch.Tensor)
-                        else torch.tensor([float(g) for g in got], dtype=torch.float64)).reshape(-1)
-                if vals.numel() != part.shape[0]:
-                    raise ValueError(f"utility returned {vals.numel()} scores for {part.shape[0]} particles")
-                out[s:s + part.shape[0]] = vals
-        bad = ~torch.isfinite(out)
+        bad = ~torch.isfinite(scores)
         nonfinite = int(bad.sum())
         bad_rows = []
         if nonfinite:
-            out[bad] = -math.inf
+            scores = scores.clone()
+            scores[bad] = -math.inf
             for r in rows[bad].tolist():
                 if not bool(torch.isfinite(buf.x[r]).all()):
-                    bad_rows.append(buf.owned.start + r)
-        return out, nonfinite, bad_rows
+                    bad_rows.append(r)
+        local = torch.tensor([self.book.u_now[i] if self.book is not None else math.nan for i in owned],
+                             dtype=torch.float64)
+        flags = torch.zeros(len(owned), dtype=torch.float64)
+        bad_loc = torch.zeros(len(owned), dtype=torch.float64)
+        if len(rows):
+            local[rows] = scores
+            flags[rows] = (scores == -math.inf).to(torch.float64) if nonfinite else 0.0
+        for r in bad_rows:
+            bad_loc[r] = 1.0
+        u = coll.all_gather_scores(local, P).tolist()
+        nf = [bool(x) for x in coll.all_gather_scores(flags, P).tolist()]
+        br = [bool(x) for x in coll.all_gather_scores(bad_loc, P).tolist()]
+        return u, nf, br
 
     def _new_worst(self, u: list[float], u_worst: float, *, first: bool,
                    exclude: Sequence[int] = ()) -> tuple[int, float] | None:
@@ -428,10 +612,8 @@ class Swarm:
         """gbest = the pbest row of the best particle: a view on one process, a broadcast copy otherwise."""
         buf, coll, g = self.buffers, self.collective, self.book.gbest_index
         r = buf.local(g)
-        if coll.world_size > 1 and buf.gbest_buffer is None:
-            buf.gbest_buffer = torch.empty(self.dim, dtype=self.dtype, device=self.device)
-        buf.gbest = coll.broadcast_row(buf.pbest[r] if r is not None else None, coll.owner(g, self.n_particles),
-                                       buf.gbest_buffer)
+        out = buf.make_gbest_buffer() if coll.world_size > 1 else None
+        buf.gbest = coll.broadcast_row(buf.pbest[r] if r is not None else None, coll.owner(g, self.n_particles), out)
 
     def _record(self, t: int, step: float, *, restarts, skipped, improved, nonfinite, timings) -> None:
         book = self.book
@@ -444,20 +626,50 @@ class Swarm:
         if self.output_dir is not None and self.collective.rank == 0:
             book.history_bytes = outputs.append_history(self.output_dir, rec)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, record: journal.Record) -> None:
+        """Journal this iteration (rank 0), then snapshot the buffers when one is due."""
         book, cfg = self.book, self.config
         book.wall_seconds = self._wall_base + (time.perf_counter() - self._session_start)
-        if self.output_dir is None or cfg.checkpoint_every == 0:
-            return
-        if book.iteration % cfg.checkpoint_every and book.iteration < cfg.max_iters:
+        if self.output_dir is None or not cfg.checkpoint:
             return
         t0 = time.perf_counter()
-        state = {"version": STATE_VERSION, "config": cfg.model_dump(mode="json"), "book": book.to_json(),
+        if self._journal is not None:
+            record.history_bytes, record.wall_seconds = book.history_bytes, book.wall_seconds
+            self._journal.append(record)
+        self._last_snapshot_s = 0.0
+        if self._snapshot_due():
+            self._snapshot()
+            self._last_snapshot_s = self._snapshot_cost
+        self._last_checkpoint_s = time.perf_counter() - t0
+
+    def _snapshot_due(self) -> bool:
+        """snapshot_every > 0: at its multiples; else snapshot_seconds after the last one; else
+        once the last one took at most snapshot_budget of the time since it started. Time-based rules
+        are agreed between processes (any rank due -> all), so that every rank writes the same iteration."""
+        cfg = self.config
+        if self._snapshot_iteration is None:
+            return True
+        if cfg.snapshot_every:  # multiples of it: the same iterations whether or not the run was resumed
+            return self.book.iteration % cfg.snapshot_every == 0
+        since = time.perf_counter() - self._snapshot_started
+        due = since >= cfg.snapshot_seconds if cfg.snapshot_seconds is not None \
+            else self._snapshot_cost <= cfg.snapshot_budget * since
+        coll = self.collective
+        if coll.world_size > 1:
+            flags = torch.full((len(self.buffers.owned),), float(due), dtype=torch.float64)
+            due = bool(coll.all_gather_scores(flags, self.n_particles).max() > 0)
+        return due
+
+    def _snapshot(self) -> None:
+        book = self.book
+        t0 = time.perf_counter()
+        state = {"version": STATE_VERSION, "config": self.config.model_dump(mode="json"), "book": book.to_json(),
                  "dtype": str(self.dtype).removeprefix("torch."), "dim": self.dim,
                  "owned": [self.buffers.owned.start, self.buffers.owned.stop],
-                 "world_size": self.collective.world_size}
+                 "world_size": self.collective.world_size, "snapshot_seconds": self._snapshot_cost}
         ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank)
-        self._last_checkpoint_s = time.perf_counter() - t0
+        self._snapshot_iteration, self._snapshot_started = book.iteration, t0
+        self._snapshot_cost = time.perf_counter() - t0
 
     def _finish(self) -> SwarmResult:
         book, buf, coll = self.book, self.buffers, self.collective
@@ -533,7 +745,7 @@ class Swarm:
 def _clear_run(output_dir: Path) -> None:
     import shutil
 
-    for name in (ckpt.CHECKPOINT_DIR,):
+    for name in (ckpt.CHECKPOINT_DIR, BUFFERS_DIR):
         shutil.rmtree(output_dir / name, ignore_errors=True)
     for name in (outputs.HISTORY, outputs.SUMMARY, outputs.PLOT, EXPERTS_JSON):
         (output_dir / name).unlink(missing_ok=True)

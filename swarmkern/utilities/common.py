@@ -235,25 +235,3 @@ def harmonic_mean(values: torch.Tensor, weights: torch.Tensor, dim: int = 0) -> 
     bad = (values <= 0).any(dim)
     hm = w.sum() / (w / values.clamp(min=1e-300)).sum(dim)
     return torch.where(bad, torch.zeros_like(hm), hm)
-
-
-# fields holding file or directory paths, per utility type (resolved against the config file's dir)
-PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer")
-
-
-def resolve_utility_paths(spec: dict[str, Any], base: str | Path) -> dict[str, Any]:
-    """A copy of a utility spec with relative path fields made absolute against `base` (the YAML
-    file's directory); multitask specs are resolved task by task. Other fields are untouched."""
-    import os
-
-    if not isinstance(spec, dict):
-        return spec
-    out = dict(spec)
-    for key in PATH_FIELDS:
-        v = out.get(key)
-        if isinstance(v, str) and v:
-            v = os.path.expanduser(v)
-            out[key] = v if os.path.isabs(v) else str(Path(base) / v)
-    if isinstance(out.get("tasks"), dict):
-        out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
-    return out

@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from swarmkern.configfile import first_error
 from .protocol import Ensembling, Finalizing, Predicting, Utility, as_utility
 
 ScoreFn = Callable[[torch.Tensor], "torch.Tensor | list[float]"]
@@ -75,9 +76,7 @@ def parse_utility_config(spec: dict | UtilityConfig) -> UtilityConfig:
     try:
         return UTILITIES[kind].model_validate(spec)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"utility.{where}: {first['msg']}") from None
+        raise ValueError(first_error(err, "utility")) from None
 
 
 def build_utility(spec: dict | UtilityConfig, pool: Any) -> BuiltUtility:

@@ -175,9 +175,13 @@ def test_particle_split_and_small_blocks(ppp, block, device):
 
 
 def test_empty_shapes_are_no_ops(device):
+    """Empty views of bigger buffers: the ops return without touching a byte around them."""
     for P, D in ((0, 5), (3, 0)):
-        x, v, pbest = (torch.empty((P, D), device=device) for _ in range(3))
+        bufs = [torch.full((4, 6), 7.0, device=device) for _ in range(3)]
+        x, v, pbest = (b[:P, :D] for b in bufs)
         g, w = torch.empty(D, device=device), torch.empty(D, device=device)
-        coef = torch.empty((P, 4), device=device)
-        tb.pso_step_(x, v, pbest, g, w, coef, 1.0)
-        tb.pso_step_random_(x, v, pbest, g, w, coef, 1.0, 1, 1)
+        coef = torch.ones((P, 4), device=device)
+        assert tb.pso_step_(x, v, pbest, g, w, coef, 1.0) is None
+        assert tb.pso_step_random_(x, v, pbest, g, w, coef, 1.0, 1, 1) is None
+        for b in bufs:
+            assert torch.equal(b, torch.full((4, 6), 7.0, device=device))

@@ -126,3 +126,12 @@ def test_reason_without_gpu_or_interpreter():
 def test_interpreter_makes_it_available():
     out = _probe(PROBE, {"TRITON_INTERPRET": "1"})
     assert out.startswith("True True cpu") and "raised" not in out
+
+
+def test_ops_live_beside_the_compiled_ones():
+    """One namespace for every kernel: the Triton ops are swarmkern::triton_<op>."""
+    ops = tb.ops()
+    assert ops.pso_step_.default.name() == "swarmkern::triton_pso_step_"
+    assert ops.pso_step_random_.default.name() == "swarmkern::triton_pso_step_random_"
+    assert ops.combine.default.name() == "swarmkern::triton_combine"
+    assert ops.combine_out.default.name() == "swarmkern::triton_combine_out"

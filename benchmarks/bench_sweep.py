@@ -1,0 +1,141 @@
+"""A sweep of S configurations in lockstep against the same S searches run one after another.
+
+    python benchmarks/bench_sweep.py                                   # tiny model pool; writes benchmarks/results/sweep_cpu.md
+    python benchmarks/bench_sweep.py --demo CACHE/experts/KEY --out benchmarks/results/sweep_demo_cpu.md
+                                 # the demo's cached experts (built by `swarmkern demo`) with the demo's scorer
+    python benchmarks/bench_sweep.py --config OUT/compare.yaml   # any experts + utility from a run/compare config
+
+Both sides score the same utility object (multiple_choice, or the demo's first-token scorer with --demo) (one evaluator, built and warmed up once) with
+the same S SwarmConfigs (SweepSpace random draws from the authors' ranges, `--iters` iterations, no early
+stop, no output directory), so both do the same evaluations; the sweep scores the rows of all S swarms in
+one utility call per iteration. Reported: wall seconds of each side (median of `--repeats`, the sides
+alternating), their ratio, evaluations, utility calls, and how many configurations ended on the same best
+dev utility (batched evaluation may round differently in the last bits, which can move a trajectory).
+This machine's cores are shared: expect noise of +-20%; the ratio is what counts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from swarmkern.swarm import Swarm, SwarmConfig
+from swarmkern.swarm.sweep import Sweep, SweepSpace
+
+
+def tiny_setup(root: Path, k: int, n_dev: int) -> tuple[list[str], dict]:
+    from swarmkern.testing import build_tiny_setup, write_tiny_datasets
+
+    setup = build_tiny_setup(root, k=k, reward=False, judge=False)
+    data = write_tiny_datasets(root / "bench_data", n_dev=n_dev, n_test=n_dev, seed=1)
+    spec = {"type": "multiple_choice", "model": str(setup.model_dir), "dev": str(data["mc_dev"]),
+            "test": str(data["mc_test"]), "dtype": "float32"}
+    return [str(p) for p in setup.expert_dirs], spec
+
+
+def from_config(path: Path) -> tuple[list[str], dict]:
+    from swarmkern.config import load_run_config
+
+    cfg = load_run_config(path)
+    return cfg.expert_sources(), dict(cfg.utility)
+
+
+def demo_setup(experts_dir: Path, n_dev: int) -> tuple[object, object, str]:
+    """The demo's cached experts (with their base init) and the demo's dev scorer on `n_dev` quiz questions."""
+    from swarmkern.demo import tasks
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from demo_pool import load_demo_pool
+
+    pool, make_scorer, k = load_demo_pool(experts_dir)
+    dev, _, _ = tasks.target_splits(n_dev, 10, seed=1)
+    return pool, make_scorer(dev), (f"the demo's experts: SmolLM2-135M-Instruct, {k} LoRA experts + the base init, "
+                                    f"{n_dev} dev quiz questions, the demo's bf16 first-token scorer")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
+    ap.add_argument("--demo", type=Path, default=None, metavar="EXPERTS_DIR",
+                    help="a cached demo pool (expert_*/, base_init/) scored by the demo's scorer")
+    ap.add_argument("--configs", type=int, default=8, help="S: configurations")
+    ap.add_argument("--particles", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--experts", type=int, default=6, help="tiny pool: experts")
+    ap.add_argument("--dev", type=int, default=32, help="tiny pool / --demo: dev questions")
+    ap.add_argument("--max-examples", type=int, default=None, help="--config: use the first N dev questions")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep_cpu.md")
+    args = ap.parse_args()
+
+    from swarmkern.flat import load_experts
+    from swarmkern.utilities import build_utility
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")
+    if args.demo:
+        pool, utility, pool_name = demo_setup(args.demo, args.dev)
+    else:
+        if args.config is None:
+            sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
+            pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
+        else:
+            sources, spec = from_config(args.config)
+            if args.max_examples:
+                spec["max_examples"] = args.max_examples
+            pool_name = f"{args.config.name}: {len(sources)} experts, utility {spec['type']}"
+        pool = load_experts(sources)
+        utility = build_utility(spec, pool).dev
+    base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=10 ** 6, progress=False)
+    configs = SweepSpace(n=args.configs, seed=0).expand(base)
+    Swarm(base.model_copy(update={"max_iters": 1}), pool, utility).run()  # warm-up: evaluator, kernels
+
+    seq_s, sweep_s = [], []
+    seq_best = sweep_best = None
+    evals = calls = 0
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        seq = [Swarm(c, pool, utility).run() for c in configs]
+        seq_s.append(time.perf_counter() - t0)
+        seq_best = [r.best_utility for r in seq]
+        t0 = time.perf_counter()
+        res = Sweep(configs, pool, utility, progress=False).run()
+        sweep_s.append(time.perf_counter() - t0)
+        sweep_best = [e["best_dev"] for e in res.entries]
+        evals, calls = res.summary["evaluations"], res.summary["utility_calls"]
+        print(f"sequential {seq_s[-1]:.2f} s, sweep {sweep_s[-1]:.2f} s", flush=True)
+    seq_evals = sum(r.summary["evaluations"] for r in seq)
+    a, b = statistics.median(seq_s), statistics.median(sweep_s)
+    same = sum(x == y for x, y in zip(seq_best, sweep_best))
+    cmd = "python benchmarks/bench_sweep.py " + " ".join("EXPERTS_DIR" if a.startswith("/") else a for a in sys.argv[1:])
+    lines = [
+        f"Command: `{cmd.strip()}`", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads", "",
+        f"Pool: {pool_name}. S = {args.configs} configurations (random draws from the authors' ranges), "
+        f"{args.particles} particles, {args.iters} iterations each (no early stop). Median of {args.repeats} "
+        "alternating repeats.", "",
+        "| | seconds | evaluations | utility calls |", "| --- | --- | --- | --- |",
+        f"| {args.configs} sequential runs | {a:.2f} | {seq_evals} | {args.configs * (args.iters + 1)} |",
+        f"| one sweep of {args.configs} in lockstep | {b:.2f} | {evals} | {calls} |",
+        f"| **ratio sweep / sequential** | **{b / a:.2f}x** | | |", "",
+        f"Same best dev utility in {same} of {args.configs} configurations (sweep vs sequential).", "",
+        f"All repeats (s): sequential {', '.join(f'{x:.2f}' for x in seq_s)}; sweep {', '.join(f'{x:.2f}' for x in sweep_s)}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from swarmkern.atomic import atomic_write_text
+
+    atomic_write_text(args.out, text)
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`swarmkern sweep CONFIG.yaml`: the configurations of the config's `sweep:` section, in lockstep."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .search import _fail, _interrupted
+
+
+def _report(result) -> None:
+    s = result.summary
+    w = s["configurations"][s["winner"]]
+    fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in w["fields"].items())
+    click.echo(f"sweep of {s['n_configurations']}: {s['evaluations']} evaluations in {s['utility_calls']} "
+               f"utility calls, {s['wall_seconds']:.1f} s")
+    line = f"winner #{s['winner']} (chosen on {s['selected_on']}): {fields or 'base config'}; dev {w['best_dev']}"
+    if w["select"] is not None:
+        line += f", select {w['select']}"
+    if w["test"] is not None:
+        line += f", test {w['test']}"
+    click.echo(line)
+    if result.output_dir is not None:
+        click.echo(f"outputs in {result.output_dir}: sweep.json, sweep.md, sweep.png, runs/NNN/ "
+                   f"(best: {result.best_path})")
+
+
+def _same_run(config, out: Path) -> None:
+    """--resume-if-exists continues only the same sweep (output.overwrite and swarm.progress aside)."""
+    from swarmkern.config import ConfigError, load_run_config
+    from swarmkern.runner import RUN_CONFIG_NAME
+
+    def comparable(c) -> dict:
+        data = c.model_dump(mode="json")
+        data["output"].pop("overwrite", None)
+        data["swarm"].pop("progress", None)
+        return data
+
+    saved = out / RUN_CONFIG_NAME
+    if saved.is_file():
+        old, new = comparable(load_run_config(saved)), comparable(config)
+        for section in new:
+            if new[section] != old.get(section):
+                raise ConfigError(f"{out}: cannot resume, the config's `{section}:` section differs from the "
+                                  "sweep's; start afresh with --overwrite or use the same config")
+
+
+@click.command("sweep")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set sweep.n=16 (repeatable; value parsed as YAML).")
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory (output.dir).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous sweep in the output directory.")
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
+@click.option("--resume-if-exists", is_flag=True, default=False,
+              help="Continue the sweep in the output directory when there is one (same config), else start.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json instead of a short report.")
+def sweep_cmd(config, overrides, output_dir, overwrite, no_progress, resume_if_exists, as_json):
+    """Run the searches of CONFIG's `sweep:` section together (one batched utility call serves all of
+    them) and keep the best on dev or on a held-out select split. Under torchrun every process holds a
+    block of every swarm's particles."""
+    from swarmkern.config import ConfigError, load_run_config
+    from swarmkern.runner import run_sweep
+    from swarmkern.distributed import DistributedError, distributed_session
+    from swarmkern.flat import IncompatibleExperts
+    from swarmkern.swarm.sweep import SWEEP_STATE
+
+    cfg = None
+    try:
+        cfg = load_run_config(config, overrides, output_dir=output_dir, overwrite=overwrite,
+                              progress=False if no_progress else None)
+        if cfg.sweep is None:
+            raise ConfigError(f"{config}: no `sweep:` section (see docs/CONFIG.md); `swarmkern search` runs one search")
+        out = Path(cfg.output.dir)
+        resume = resume_if_exists and not cfg.output.overwrite and (out / SWEEP_STATE).is_file()
+        if resume:
+            _same_run(cfg, out)
+        with distributed_session(cfg.swarm.device) as coll:
+            result = run_sweep(cfg, collective=coll, resume=resume)
+            if coll is not None and coll.rank != 0:
+                return
+    except (ConfigError, IncompatibleExperts, FileNotFoundError, FileExistsError, ValueError,
+            DistributedError) as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        hint = cfg.output.dir if cfg is not None else None
+        if hint is not None:
+            click.echo(f"interrupted; continue with: swarmkern sweep {config} --resume-if-exists", err=True)
+            raise SystemExit(130)
+        _interrupted(None)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+    else:
+        _report(result)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(sweep_cmd)

@@ -1,0 +1,388 @@
+"""Hyperparameter sweeps in lockstep: S searches over the same experts, advanced together.
+
+    space = SweepSpace(mode="random", n=8, seed=0)        # 8 draws from the authors' ranges
+    configs = space.expand(SwarmConfig(max_iters=20))     # 8 SwarmConfigs
+    result = Sweep(configs, pool, utility, test_utility=test, output_dir="runs/sweep").run()
+    result.winner, result.entries                         # the chosen configuration, one row per configuration
+
+Every round each unfinished swarm `ask()`s its rows; the rows of all swarms are scored in the same
+utility calls (one [sum n_s, D] batch, `batch_size` rows at most per call) and the scores are split
+back to the swarms' `tell()`s. A sweep of S therefore costs S times the evaluations of one search but
+shares the per-call overhead (for the LLM utilities: the base layers below the first adapter, the
+prompt encoding, Python and kernel launches). Each swarm's trajectory is the one it has alone, bit for
+bit when the utility scores each row independently of its batch-mates.
+
+The winner is the configuration with the best final dev utility, or, with a `select_utility` (a held-out
+part of dev that the searches never see), the best final utility on it (ties: better dev, then the
+lower index). Each swarm writes its usual outputs in `runs/NNN/` (checkpoints included, so a sweep
+resumes); the sweep writes sweep.json, sweep.md, sweep.png and the winner's best expert and summary
+(swarm/sweep_report.py). This module never imports transformers.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swarmkern.atomic import atomic_write_json
+from swarmkern.flat import ExpertPool, load_experts
+
+from . import checkpoint as ckpt
+from . import outputs
+from .collective import Collective, LocalCollective
+from .config import SwarmConfig
+from .randomness import Purpose, uniforms
+from .search import Ask, Swarm, SwarmResult, Utility, score_rows
+
+# The ranges the authors' scripts sample (uniformly) for their hyperparameter searches.
+AUTHORS_RANGES: dict[str, tuple[float, float]] = {
+    "phi_v": (0.1, 0.3), "phi_p": (0.1, 0.5), "phi_g": (0.2, 0.6), "phi_w": (0.01, 0.1), "step": (0.5, 1.0)}
+
+SWEEP_STATE = "sweep_state.json"   # the configurations and options: what resume reads
+SWEEP_PROGRESS = "sweep_progress.json"  # utility calls and the seconds attributed to each swarm so far
+RUNS_DIR = "runs"
+
+
+def _numeric_kind(name: str) -> type:
+    ann = str(SwarmConfig.model_fields[name].annotation)
+    if "float" in ann:
+        return float
+    if "int" in ann and "tuple" not in ann:
+        return int
+    raise ValueError(f"sweep.ranges.{name}: not a number field; list its values under sweep.choices")
+
+
+class SweepSpace(BaseModel):
+    """Which SwarmConfig fields a sweep varies and how: a grid (every combination of `grid` values,
+    in order, the last field varying fastest) or `n` random draws (each `ranges` field uniform in
+    [lo, hi], integers for integer fields; each `choices` field one of its values), keyed by `seed`."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["random", "grid"] = Field("random", description="random: n draws; grid: every combination.")
+    n: int = Field(8, ge=1, description="random: the number of configurations.")
+    ranges: dict[str, tuple[float, float]] | None = Field(None, description=(
+        "random: [lo, hi] per field. None: the authors' ranges (phi_v 0.1-0.3, phi_p 0.1-0.5, phi_g 0.2-0.6, "
+        "phi_w 0.01-0.1, step 0.5-1.0); {} varies nothing but `choices`."))
+    choices: dict[str, list[Any]] = Field(default_factory=dict, description="random: values to pick from, per field.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="grid: values per field.")
+    seed: int = Field(0, ge=0, lt=2 ** 64, description="Key of the random draws (not the searches' seed).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepSpace":
+        for section in ("ranges", "choices", "grid"):
+            for name, values in (getattr(self, section) or {}).items():
+                if name not in SwarmConfig.model_fields:
+                    raise ValueError(f"{section}.{name}: not a swarm field")
+                if section == "ranges":
+                    _numeric_kind(name)
+                    if not values[0] <= values[1]:
+                        raise ValueError(f"ranges.{name}: need lo <= hi, got {list(values)}")
+                elif not values:
+                    raise ValueError(f"{section}.{name}: give at least one value")
+        if self.mode == "grid" and not self.grid:
+            raise ValueError("grid: mode grid needs at least one field with values")
+        if self.mode == "random" and self.grid:
+            raise ValueError("grid: only used with mode: grid")
+        if self.mode == "grid" and (self.ranges or self.choices):
+            raise ValueError("ranges: only used with mode: random")
+        return self
+
+    def draws(self) -> list[dict[str, Any]]:
+        """The varied fields of each configuration, in order."""
+        if self.mode == "grid":
+            names = list(self.grid)
+            return [dict(zip(names, combo)) for combo in itertools.product(*(self.grid[k] for k in names))]
+        ranges = AUTHORS_RANGES if self.ranges is None else self.ranges
+        out = []
+        for c in range(self.n):
+            u = [float(x) for x in uniforms(self.seed, Purpose.SWEEP, [c], 0)[0]]  # 4 per counter
+            need = len(ranges) + len(self.choices)
+            for block in range(1, (need + 3) // 4):
+                u += [float(x) for x in uniforms(self.seed, Purpose.SWEEP, [c], 0, draw=block)[0]]
+            fields: dict[str, Any] = {}
+            for j, (name, (lo, hi)) in enumerate(ranges.items()):
+                if _numeric_kind(name) is int:
+                    fields[name] = min(int(lo) + int(u[j] * (int(hi) - int(lo) + 1)), int(hi))
+                else:
+                    fields[name] = lo + (hi - lo) * u[j]
+            for j, (name, values) in enumerate(self.choices.items(), start=len(ranges)):
+                fields[name] = values[min(int(u[j] * len(values)), len(values) - 1)]
+            out.append(fields)
+        return out
+
+    def expand(self, base: SwarmConfig) -> list[SwarmConfig]:
+        """One validated SwarmConfig per configuration: `base` with the drawn fields replaced."""
+        configs = []
+        for c, fields in enumerate(self.draws()):
+            try:
+                configs.append(SwarmConfig.model_validate({**base.model_dump(), **fields}))
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                detail = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"sweep: configuration {c} {fields}: {where + ': ' if where else ''}{detail}") from None
+        return configs
+
+
+def varied_fields(configs: Sequence[SwarmConfig]) -> list[str]:
+    """The SwarmConfig fields whose values differ between the configurations (declaration order)."""
+    dumps = [c.model_dump(mode="json") for c in configs]
+    return [k for k in SwarmConfig.model_fields if any(d[k] != dumps[0][k] for d in dumps[1:])]
+
+
+@dataclass
+class SweepResult:
+    """The outcome of a sweep: one entry per configuration (sweep.json's rows), the winner's index
+    and SwarmResult, and every configuration's SwarmResult."""
+    entries: list[dict[str, Any]]
+    winner: int
+    selected_on: str
+    results: list[SwarmResult]
+    summary: dict[str, Any]
+    output_dir: Path | None
+    best_path: Path | None = None
+
+    @property
+    def best(self) -> SwarmResult:
+        return self.results[self.winner]
+
+
+class Sweep:
+    """S swarms over one pool of experts advanced in lockstep (see the module docstring).
+
+    configs: the S SwarmConfigs (their `batch_size` is ignored: `batch_size` here caps every shared
+    utility call; their `progress` is off, the sweep shows one bar). utility scores the searches;
+    test_utility (optional) scores each final best and the starting experts for the report;
+    select_utility (optional) picks the winner instead of dev.
+    """
+
+    def __init__(self, configs: Sequence[SwarmConfig], init: ExpertPool | torch.Tensor | Sequence[Any],
+                 utility: Utility, *, test_utility: Utility | None = None, select_utility: Utility | None = None,
+                 output_dir: str | Path | None = None, collective: Collective | None = None,
+                 overwrite: bool = False, batch_size: int | None = None, progress: bool = True):
+        if not configs:
+            raise ValueError("sweep: no configurations")
+        self.configs = [c.model_copy(update={"progress": False}) for c in configs]
+        self.pool = init if isinstance(init, ExpertPool) else load_experts(init)
+        self.utility, self.test_utility, self.select_utility = utility, test_utility, select_utility
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.collective = collective or LocalCollective()
+        self.batch_size, self.progress = batch_size, progress
+        self.calls = 0
+        self.seconds = [0.0] * len(self.configs)
+        self._wall_base = 0.0
+        rank0 = self.collective.rank == 0
+        if self.output_dir is not None and rank0:
+            if (self.output_dir / SWEEP_STATE).exists() and not overwrite:
+                raise FileExistsError(f"{self.output_dir}: already holds a sweep; resume it (swarmkern sweep "
+                                      "--resume-if-exists / Sweep.resume) or start afresh (--overwrite)")
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                import shutil
+
+                shutil.rmtree(self.output_dir / RUNS_DIR, ignore_errors=True)
+                (self.output_dir / SWEEP_PROGRESS).unlink(missing_ok=True)
+            atomic_write_json(self.output_dir / SWEEP_STATE, {
+                "configs": [c.model_dump(mode="json") for c in self.configs], "batch_size": batch_size}, indent=1)
+        self.swarms = [Swarm(c, self.pool, utility, output_dir=self._run_dir(i), collective=self.collective,
+                             overwrite=overwrite) for i, c in enumerate(self.configs)]
+
+    @classmethod
+    def resume(cls, output_dir: str | Path, utility: Utility, *, test_utility: Utility | None = None,
+               select_utility: Utility | None = None, collective: Collective | None = None,
+               pool: ExpertPool | None = None, progress: bool = True) -> "Sweep":
+        """The sweep in `output_dir`, each swarm restored from its latest checkpoint (a swarm that had
+        none yet starts afresh); `.run()` continues it."""
+        output_dir = Path(output_dir)
+        path = output_dir / SWEEP_STATE
+        if not path.is_file():
+            raise FileNotFoundError(f"{output_dir}: no {SWEEP_STATE}; is this a swarmkern sweep output directory?")
+        state = json.loads(path.read_text())
+        self = cls.__new__(cls)
+        self.configs = [SwarmConfig.model_validate(c) for c in state["configs"]]
+        self.pool = pool
+        self.utility, self.test_utility, self.select_utility = utility, test_utility, select_utility
+        self.output_dir, self.collective = output_dir, collective or LocalCollective()
+        self.batch_size, self.progress = state["batch_size"], progress
+        done = {}
+        if (output_dir / SWEEP_PROGRESS).is_file():
+            done = json.loads((output_dir / SWEEP_PROGRESS).read_text())
+        self.calls = done.get("calls", 0)
+        self.seconds = done.get("seconds", [0.0] * len(self.configs))
+        self._wall_base = done.get("wall_seconds", 0.0)
+        self.swarms = []
+        for i, c in enumerate(self.configs):
+            run = self._run_dir(i)
+            if ckpt.has_checkpoint(run):
+                sw = Swarm.resume(run, utility, collective=self.collective, pool=pool)
+            else:
+                if pool is None:
+                    raise FileNotFoundError(f"{run}: no checkpoint; resuming it needs the experts (pool=...)")
+                sw = Swarm(c, pool, utility, output_dir=run, collective=self.collective, overwrite=True)
+            self.pool = self.pool or sw.pool
+            self.swarms.append(sw)
+        return self
+
+    # -- the lockstep loop ---------------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        """Advance every swarm until each one stops, then score, choose and write the outputs."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        total = max(c.max_iters for c in self.configs) + 1
+        done_rounds = min((s.book.iteration + 1 if s.book is not None else 0) for s in self.swarms)
+        bar = tqdm(total=total, initial=done_rounds, unit="round", desc=f"sweep of {len(self.swarms)}",
+                   leave=False, disable=not self.progress or self.collective.rank != 0, dynamic_ncols=True)
+        try:
+            while True:
+                active = [i for i, s in enumerate(self.swarms) if not s.done]
+                if not active:
+                    break
+                self._round(active)
+                bar.update(1)
+                bar.set_postfix(active=f"{len(active)}/{len(self.swarms)}",
+                                best=f"{max(s.book.u_gbest for s in self.swarms):.4g}")
+                self._save_progress(start)
+        finally:
+            bar.close()
+        return self._finish(start)
+
+    def _round(self, active: list[int]) -> None:
+        """One ask of every active swarm, their rows scored together, one tell each."""
+        t0 = time.perf_counter()
+        asks = [self.swarms[i].ask() for i in active]
+        t1 = time.perf_counter()
+        scores = self._score_asks(asks)
+        t2 = time.perf_counter()
+        n_rows = sum(len(a) for a in asks)
+        off = 0
+        for i, a in zip(active, asks):
+            ts = time.perf_counter()
+            self.swarms[i].tell(scores[off:off + len(a)])
+            off += len(a)
+            share = (t2 - t1) * len(a) / n_rows if n_rows else 0.0
+            self.seconds[i] += share + (t1 - t0) / len(active) + (time.perf_counter() - ts)
+
+    def _score_asks(self, asks: list[Ask]) -> torch.Tensor:
+        """The utilities of every ask's rows, in order: calls of at most `batch_size` rows, each one a
+        view of a swarm's buffer when it falls inside one ask, else a concatenation."""
+        pieces = [a.rows for a in asks if len(a)]
+        total = sum(p.shape[0] for p in pieces)
+        bs = self.batch_size or max(total, 1)
+        out = torch.empty(total, dtype=torch.float64)
+        chunk: list[torch.Tensor] = []
+        filled = start = 0
+        for p in pieces:
+            at = 0
+            while at < p.shape[0]:
+                take = min(bs - filled, p.shape[0] - at)
+                chunk.append(p[at:at + take])
+                at += take
+                filled += take
+                if filled == bs:
+                    out[start:start + filled] = self._score_chunk(chunk)
+                    start, filled, chunk = start + filled, 0, []
+        if chunk:
+            out[start:start + filled] = self._score_chunk(chunk)
+        return out
+
+    def _score_chunk(self, chunk: list[torch.Tensor]) -> torch.Tensor:
+        self.calls += 1
+        rows = chunk[0] if len(chunk) == 1 else torch.cat(chunk)
+        return score_rows(self.utility, rows)
+
+    # -- the end ---------------------------------------------------------------------------------------
+    def _finish(self, start: float) -> SweepResult:
+        rank0 = self.collective.rank == 0
+        results = [s.finish() for s in self.swarms]
+        bests = torch.stack([s.best for s in self.swarms])  # [S, D] (gbest is on every process)
+        test = self._score_shared(self.test_utility, bests)
+        select = self._score_shared(self.select_utility, bests)
+        starters = self._starter_test_utilities()
+        for i, (s, r) in enumerate(zip(self.swarms, results)):
+            extra: dict[str, Any] = {"sweep_configuration": i}
+            if test is not None:
+                origins = [j for j, o in enumerate(s.origins) if o["kind"] != "child"]
+                extra["test_utility"] = outputs.json_float(test[i])
+                extra["initial_test_utilities"] = [starters[s.origins[j]["name"]] for j in origins]
+                extra["initial_test_particles"] = origins
+            if select is not None:
+                extra["select_utility"] = outputs.json_float(select[i])
+            r.summary.update(extra)
+            if rank0 and s.output_dir is not None:
+                outputs.write_summary(s.output_dir, r.summary)
+        key = (lambda i: (select[i], results[i].best_utility, -i)) if select is not None else \
+              (lambda i: (results[i].best_utility, -i))
+        winner = max(range(len(results)), key=key)
+        from .sweep_report import sweep_entries, write_sweep_outputs
+
+        entries = sweep_entries(self.configs, results, self.seconds, self._run_dir)
+        summary = {
+            "winner": winner, "selected_on": "select" if select is not None else "dev",
+            "n_configurations": len(self.configs), "varied_fields": varied_fields(self.configs),
+            "wall_seconds": self._wall_base + time.perf_counter() - start,
+            "evaluations": sum(r.summary["evaluations"] for r in results), "utility_calls": self.calls,
+            "experts": self.pool.names,
+            "initial_dev_utilities": {o["name"]: outputs.json_float(u) for o, u in
+                                      zip(self.swarms[0].origins, self.swarms[0].book.initial_utilities)
+                                      if o["kind"] != "child"},
+            "initial_test_utilities": ({k: outputs.json_float(v) for k, v in starters.items()}
+                                       if starters else None),
+            "configurations": entries,
+        }
+        best_path = None
+        if rank0 and self.output_dir is not None:
+            name = "best" if self.pool.kind == "peft" else "best.safetensors"
+            best_path = self.swarms[winner].export_best(self.output_dir / name)
+            winner_summary = {**results[winner].summary, "best_path": str(best_path),
+                              "sweep": {"winner": winner, "selected_on": summary["selected_on"],
+                                        "run_dir": entries[winner]["run_dir"]}}
+            outputs.write_summary(self.output_dir, winner_summary)
+            write_sweep_outputs(self.output_dir, summary)
+        return SweepResult(entries=entries, winner=winner, selected_on=summary["selected_on"], results=results,
+                           summary=summary, output_dir=self.output_dir, best_path=best_path)
+
+    def _score_shared(self, fn: Utility | None, rows: torch.Tensor) -> list[float] | None:
+        """fn over rows [n, D] that every process holds, each process scoring its block; non-finite -> -inf."""
+        if fn is None:
+            return None
+        coll, n = self.collective, rows.shape[0]
+        mine = coll.owned(n)
+        vals = score_rows(fn, rows[mine.start:mine.stop], self.batch_size)
+        vals[~torch.isfinite(vals)] = -math.inf
+        return coll.all_gather_scores(vals, n).tolist()
+
+    def _starter_test_utilities(self) -> dict[str, float]:
+        """Test utility of each starting expert (and of the base when a configuration includes it),
+        scored once for the whole sweep: {name: utility}."""
+        if self.test_utility is None:
+            return {}
+        K = len(self.pool)
+        coef = torch.eye(K, dtype=torch.float64)
+        names = list(self.pool.names)
+        if any(c.include_base for c in self.configs):
+            coef = torch.cat([coef, torch.zeros(1, K, dtype=torch.float64)])
+            names.append("base")
+        sw = self.swarms[0]
+        mine = self.collective.owned(len(names))
+        rows = torch.empty(len(mine), sw.dim, dtype=sw.dtype, device=sw.device)
+        if len(mine):
+            self.pool.fill([(rows, coef[mine.start:mine.stop])])
+        vals = score_rows(self.test_utility, rows, self.batch_size)
+        vals[~torch.isfinite(vals)] = -math.inf
+        return dict(zip(names, self.collective.all_gather_scores(vals, len(names)).tolist()))
+
+    def _run_dir(self, i: int) -> Path | None:
+        return self.output_dir / RUNS_DIR / f"{i:03d}" if self.output_dir is not None else None
+
+    def _save_progress(self, start: float) -> None:
+        if self.output_dir is None or self.collective.rank != 0:
+            return
+        atomic_write_json(self.output_dir / SWEEP_PROGRESS, {
+            "calls": self.calls, "seconds": self.seconds, "wall_seconds": self._wall_base + time.perf_counter() - start})
