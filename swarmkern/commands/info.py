@@ -8,7 +8,7 @@ import click
 
 @click.command("info")
 def info_cmd() -> None:
-    """Show versions, devices and the available kernel backends (with the reason for each)."""
+    """Show versions, devices, what compute dtype `auto` picks, and the kernel backends (with reasons)."""
     import torch
 
     from swarmkern import ops
@@ -26,6 +26,11 @@ def info_cmd() -> None:
         click.echo(f"GPUs: {names}")
     else:
         click.echo("GPUs: none visible")
+    from swarmkern.evaluate.precision import resolve_compute_dtype
+
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        choice = resolve_compute_dtype("auto", device)
+        click.echo(f"compute dtype auto on {device}: {choice.name} ({choice.reason})")
     click.echo("kernel backends:")
     click.echo(ops.backend_summary())
 

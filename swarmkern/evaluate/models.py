@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from .precision import resolve_compute_dtype
+
 __all__ = ["resolve_device", "resolve_dtype", "load_tokenizer", "load_causal_lm", "load_reward_model",
            "check_vocab", "clear_cache", "ModelLoadError"]
 
 _CACHE: dict[tuple, Any] = {}
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 class ModelLoadError(ValueError):
@@ -31,12 +31,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "auto") -> torch.dtype:
+    """A dtype name, a torch.dtype or "auto" (what the device computes natively: see precision.py)."""
+    return resolve_compute_dtype(dtype, device).dtype
 
 
 def _local_dir(path: str | os.PathLike, what: str) -> Path:
@@ -69,7 +66,8 @@ def _load(kind: str, cls_name: str, path, dtype, device):
     import transformers
 
     p = _local_dir(path, kind)
-    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     key = (kind, str(p), dtype, str(device))
     if key not in _CACHE:
         cls = getattr(transformers, cls_name)
@@ -83,13 +81,14 @@ def _load(kind: str, cls_name: str, path, dtype, device):
     return _CACHE[key]
 
 
-def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                    device: str | torch.device = "auto"):
-    """An AutoModelForCausalLM from a local directory, in `dtype` on `device` (cached per process)."""
+    """An AutoModelForCausalLM from a local directory, in `dtype` ("auto": bf16 where the device computes
+    it natively, else fp32) on `device` (cached per process)."""
     return _load("model", "AutoModelForCausalLM", path, dtype, device)
 
 
-def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                       device: str | torch.device = "auto"):
     """An AutoModelForSequenceClassification with exactly one label (a scalar reward), cached."""
     model = _load("reward_model", "AutoModelForSequenceClassification", path, dtype, device)

@@ -28,7 +28,9 @@ class ModelUtility(UtilityConfig):
     test: str | None = Field(None, description="JSONL file scored only for the report")
     max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
     max_test_examples: int | None = Field(None, gt=0, description="use the first N test examples")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description='compute dtype of the model; "auto": bf16 where the device computes it natively '
+                            '(CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32')
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...')
     micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x examples): bounds memory")
     max_length: int | None = Field(None, gt=0, description="cut prompts from the left to this many tokens")
@@ -89,7 +91,7 @@ def _digest(obj: Any) -> str:
 
 
 def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | None = None,
-                       dtype: str = "float32", device: str = "auto", share_prefix: bool = True):
+                       dtype: str = "auto", device: str = "auto", share_prefix: bool = True):
     """The evaluator for a pool's particles on a local causal LM, built once per process and shared by
     every utility (dev and test, every task of a multi-task utility).
 
@@ -98,7 +100,7 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
-    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     kind = getattr(pool, "kind", None)
     if kind not in ("peft", "safetensors", "tensors") or not hasattr(pool, "layout"):
@@ -111,6 +113,7 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     model_dir = str(Path(model).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
@@ -129,15 +132,16 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     return ev
 
 
-def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "float32",
+def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str = "auto",
                     device: str = "auto"):
     """An evaluator of an unadapted causal LM (an LLM judge), cached per process."""
     from swarmkern.evaluate.base import PlainEvaluator
-    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device
+    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     model_dir = str(Path(model_dir).expanduser().resolve())
     tok_dir = str(Path(tokenizer or model_dir).expanduser().resolve())
     dev = str(resolve_device(device))
+    dtype = resolve_dtype(dtype, dev)
     key = ("plain", model_dir, tok_dir, dtype, dev)
     if key not in _EVALUATORS:
         _EVALUATORS[key] = PlainEvaluator(load_causal_lm(model_dir, dtype=dtype, device=dev),
