@@ -124,12 +124,13 @@ def write_init_adapter(model: nn.Module, spec: ExpertSpec, path: Path, base_name
 # -- the training set ---------------------------------------------------------------------------
 @dataclass
 class TrainSet:
-    """Tokenised training questions (prompt + the right answer), right-padded.
+    """Tokenised training questions (prompt + the right answer), right-padded, shortest first.
 
-    ids [N, T] (pad 0); label_row / label_pos / label_tok [M]: the answer tokens, each predicted at
+    ids [N, T] (pad 0); lengths [N]; label_row / label_pos / label_tok [M]: the answer tokens, each predicted at
     position label_pos of question label_row; h [N, T, H]: hidden states entering the first adapted
     layer (filled by `cache_lower_states`)."""
     ids: torch.Tensor
+    lengths: torch.Tensor
     skills: list[str]
     label_row: torch.Tensor
     label_pos: torch.Tensor
@@ -144,16 +145,18 @@ def encode_train(tokenizer, examples: list[tasks.Example], template: str, contin
     reqs = encode_requests(tokenizer, [template.format(question=e.question) for e in examples],
                            [continuation.format(choice=e.choices[e.answer]) for e in examples])
     seqs = reqs.ids
+    order = sorted(range(len(seqs)), key=lambda e: len(seqs[e]))  # similar lengths share a batch
     ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     rows, pos, tok = [], [], []
-    for i, (s, o, cont) in enumerate(zip(seqs, reqs.owner, reqs.conts)):
-        ids[i, :len(s)] = torch.tensor(s)
-        start = len(reqs.contexts[o])
-        for j, t in enumerate(cont):
+    for i, e in enumerate(order):
+        ids[i, :len(seqs[e])] = torch.tensor(seqs[e])
+        start = len(reqs.contexts[reqs.owner[e]])
+        for j, t in enumerate(reqs.conts[e]):
             rows.append(i)
             pos.append(start + j - 1)
             tok.append(t)
-    return TrainSet(ids, [e.skill for e in examples], torch.tensor(rows), torch.tensor(pos), torch.tensor(tok))
+    return TrainSet(ids, torch.tensor([len(seqs[e]) for e in order]), [examples[e].skill for e in order],
+                    torch.tensor(rows), torch.tensor(pos), torch.tensor(tok))
 
 
 @torch.no_grad()
@@ -169,7 +172,9 @@ def cache_lower_states(model: nn.Module, data: TrainSet, first: int, batch: int 
         with _layers(dec, 0, first):
             for s in tqdm(range(0, len(data.ids), batch), desc="experts: lower layers", unit="batch",
                           disable=not progress, dynamic_ncols=True):
-                out.append(dec(input_ids=data.ids[s:s + batch]).last_hidden_state)
+                n = int(data.lengths[s:s + batch].max())
+                h = dec(input_ids=data.ids[s:s + batch, :n]).last_hidden_state
+                out.append(torch.nn.functional.pad(h, (0, 0, 0, data.ids.shape[1] - n)))
     finally:
         dec.norm = norm
     data.h = torch.cat(out)
@@ -212,7 +217,7 @@ def train_expert(evaluator, data: TrainSet, weights: torch.Tensor, init: dict[st
             local = torch.searchsorted(idx, data.label_row[pick])  # rows of a repeated question: its first copy
             row = torch.cat([params[n].reshape(-1) for n in layout.names]).unsqueeze(0)
             with evaluator._bind(row):
-                hidden = dec(inputs_embeds=data.h[idx]).last_hidden_state
+                hidden = dec(inputs_embeds=data.h[idx, :int(data.lengths[idx].max())]).last_hidden_state
                 logits = head(hidden[local, data.label_pos[pick]]).float()
             loss = torch.nn.functional.cross_entropy(logits, data.label_tok[pick])
             opt.zero_grad(set_to_none=True)

@@ -49,7 +49,7 @@ class DemoConfig:
     include_base: bool = True   # the base model (an all-zero adapter) as one more particle
     baselines: tuple[str | dict, ...] = BASELINES
     ensemble_k: int = 3         # top-k prediction ensemble (k forward passes per question); 0: none
-    dtype: str = "float32"      # compute dtype of the multiple_choice utility
+    dtype: str = "auto"         # compute dtype of the multiple_choice utility (auto: bf16 only where native)
     progress: bool = True
 
     @property
