@@ -39,6 +39,9 @@ def demo_cmd(tiny, model, out, cache, seed, n_experts, n_particles, max_iters, r
 
     if threads:
         torch.set_num_threads(threads)
+    if quiet:  # transformers' own bars (dequantising the GGUF, loading weights)
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     spec = dict(seed=seed, **({"n_experts": n_experts} if n_experts else {}))
     cfg = DemoConfig(tiny=tiny, model=model, out=out, cache=cache, retrain=retrain, progress=not quiet)
     if tiny:
