@@ -63,7 +63,8 @@ pytest.importorskip("tokenizers")
 
 from swarmkern.data import MultipleChoiceExample, PromptExample, load_jsonl  # noqa: E402
 from swarmkern.merge import MergeContext, parse_method_config, segments_of, whole  # noqa: E402
-from swarmkern.utilities import build_utility  # noqa: E402
+from swarmkern.utilities import Ensembling, Predicting, Utility, build_utility  # noqa: E402
+from swarmkern.utilities.protocol import capabilities  # noqa: E402
 from swarmkern.utilities.common import normalize_text, particle_evaluator  # noqa: E402
 from test_utilities import pool, setup  # noqa: E402,F401  (the tiny model and experts fixtures)
 
@@ -91,7 +92,7 @@ def test_a_one_member_ensemble_scores_what_the_member_scores(setup, pool, name):
     built = build_utility(_specs(setup)[name], pool)
     own = built.dev(pool.weights)
     for i in range(pool.weights.shape[0]):
-        value, how = built.dev.ensemble(pool.weights[i:i + 1], "mean_prob")
+        value, how = built.dev.ensemble(built.dev.predict(pool.weights[i:i + 1]), "mean_prob")
         # rewards are floats from batches of other shapes (padding): equal to float precision only
         tol = {"rel": 1e-5} if name == "reward_model" else {"abs": 1e-12}
         assert value == pytest.approx(float(own[i]), **tol), (name, i, how)
@@ -118,7 +119,7 @@ def test_multiple_choice_ensemble_by_hand(setup, pool, how):
             tied = [c for c in votes if votes[c] == top]
             pick = max(tied, key=lambda c: float(torch.softmax(block, -1).mean(0)[c]))
         correct += pick == e.answer
-    value, used = built.dev.ensemble(pool.weights, how)
+    value, used = built.dev.ensemble(built.dev.predict(pool.weights), how)
     assert used == how and value == pytest.approx(correct / len(exs))
 
 
@@ -138,7 +139,7 @@ def test_exact_match_ensemble_votes_on_normalised_answers(setup, pool, tmp_path)
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
     built = build_utility({"type": "exact_match", "dev": str(data), "max_new_tokens": 3}, pool)
-    value, used = built.dev.ensemble(members, "mean_prob")
+    value, used = built.dev.ensemble(built.dev.predict(members), "mean_prob")
     assert used == "vote"
     assert voted != [row[0] for row in zip(*norm)]  # the vote is not simply member 0's answers
     assert value == pytest.approx(sum(a == v for a, v in zip(answers, voted)) / len(prompts))
@@ -158,15 +159,16 @@ def test_reward_model_ensemble_scores_the_consensus_responses(setup, pool):
     with torch.no_grad():
         by_hand = sum(rm(input_ids=torch.tensor([tok(e.prompt + r)["input_ids"]])).logits[0, 0].item()
                       for e, r in zip(exs, picked)) / len(exs)
-    value, used = built.dev.ensemble(members, "vote")
+    value, used = built.dev.ensemble(built.dev.predict(members), "vote")
     assert used == "consensus" and value == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_multitask_ensemble_combines_each_tasks_ensemble(setup, pool):
     spec = _specs(setup)["multitask"]
     built = build_utility(spec, pool)
-    parts = [build_utility(t, pool).dev.ensemble(pool.weights, "vote") for t in spec["tasks"].values()]
-    value, used = built.dev.ensemble(pool.weights, "vote")
+    parts = [(b := build_utility(t, pool).dev).ensemble(b.predict(pool.weights), "vote")
+             for t in spec["tasks"].values()]
+    value, used = built.dev.ensemble(built.dev.predict(pool.weights), "vote")
     assert value == pytest.approx((parts[0][0] + parts[1][0]) / 2) and used == "mc=vote, qa=vote"
 
 
@@ -179,30 +181,73 @@ def test_the_ensemble_baseline_runs_on_every_utility(setup, pool, name):
     res = parse_method_config({"type": "ensemble", "k": 2}).run(ctx)
     top = torch.argsort(built.dev(pool.weights), descending=True, stable=True)[:2]
     assert res.info["source"] == "utility" and res.info["experts"] == [pool.names[int(i)] for i in top]
-    assert res.dev == pytest.approx(built.dev.ensemble(pool.weights[top], "mean_prob")[0])
+    assert res.dev == pytest.approx(built.dev.ensemble(built.dev.predict(pool.weights[top]), "mean_prob")[0])
     assert (res.test is None) == (built.test is None)
     assert ctx.evaluations == pool.weights.shape[0] + 2
 
 
 def test_a_python_utility_object_lends_its_predictions(tmp_path, monkeypatch):
-    """A callable object behind `type: python` with predict / score_predictions feeds the ensemble."""
+    """A callable object behind `type: python` with predict / score / ensemble feeds the ensemble."""
     (tmp_path / "my_objective.py").write_text(
         "import torch\n"
+        "from swarmkern.utilities import ClassScores\n"
+        "from swarmkern.utilities.ensemble import combine_class_scores\n"
         "class Objective:\n"
         "    answers = torch.tensor([0, 1, 1])\n"
+        "    example_ids = ['a', 'b', 'c']\n"
         "    def predict(self, rows):  # [B, 3 examples, 2 classes]: every row prefers class 0 by its x[0]\n"
-        "        return torch.stack([torch.tensor([[r[0].item(), 0.0]] * 3) for r in rows]).double()\n"
-        "    def score_predictions(self, pred):\n"
-        "        return float((pred.argmax(-1) == self.answers).double().mean())\n"
+        "        return ClassScores(torch.stack([torch.tensor([[r[0].item(), 0.0]] * 3) for r in rows]).double())\n"
+        "    def example_scores(self, preds):\n"
+        "        return (preds.scores.argmax(-1) == self.answers).double()\n"
+        "    def score(self, preds):\n"
+        "        return self.example_scores(preds).mean(1)\n"
+        "    def ensemble(self, preds, how='auto'):\n"
+        "        how = 'mean_prob' if how == 'auto' else how\n"
+        "        return float(self.score(ClassScores(combine_class_scores(preds.scores, how)[None]))[0]), how\n"
         "    def __call__(self, rows):\n"
-        "        return torch.tensor([self.score_predictions(p) for p in self.predict(rows)])\n"
+        "        return self.score(self.predict(rows))\n"
         "objective = Objective()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     built = build_utility({"type": "python", "function": "my_objective:objective"}, None)
+    assert isinstance(built.dev, Ensembling) and built.dev.example_ids == ["a", "b", "c"]
     experts = torch.tensor([[1.0], [-2.0], [-0.5]])  # class 0, class 1, class 1: scores 1/3, 2/3, 2/3
+    torch.testing.assert_close(built.dev.example_scores(built.dev.predict(experts))[0],
+                               torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
     ctx = MergeContext(experts=experts, segments=whole(1), dev=built.dev, utility=built)
     ctx.begin()
     res = parse_method_config({"type": "ensemble", "k": 3}).run(ctx)
     # mean of softmax over the 3 experts still prefers class 1 (2 of 3 lean that way, one strongly)
-    assert res.info["source"] == "utility" and res.dev == pytest.approx(2 / 3)
+    assert res.info["source"] == "utility" and res.dev == pytest.approx(2 / 3) and res.info["combine"] == "mean_prob"
 
+
+def test_a_plain_python_function_has_no_capabilities_and_the_ensemble_says_so(tmp_path):
+    built = build_utility({"type": "python", "function": "torch:sum", "kwargs": {"dim": 1}}, None)
+    assert capabilities(built.dev) == [] and isinstance(built.dev, Utility)
+    experts = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    ctx = MergeContext(experts=experts, segments=whole(2), dev=built.dev, utility=built)
+    ctx.begin()
+    with pytest.raises(ValueError, match="no per-example predictions"):
+        parse_method_config({"type": "ensemble", "k": 2}).run(ctx)
+
+
+@pytest.mark.parametrize("name", ["mc_loglik", "mc_generate", "exact_match", "reward_model", "llm_judge",
+                                  "multitask"])
+def test_every_builtin_utility_declares_the_prediction_protocol(setup, pool, name):
+    """score(predict(x)) == scorer(x); a subset of predictions equals predicting the subset; example
+    scores average to the score; one id per example."""
+    built = build_utility(_specs(setup)[name], pool)
+    dev = built.dev
+    assert isinstance(dev, Ensembling) and isinstance(dev, Predicting)
+    rows = pool.weights
+    preds = dev.predict(rows)
+    # rewards are floats from batches of other shapes (padding): equal to float precision only
+    tol = {"rtol": 1e-5, "atol": 1e-7} if name == "reward_model" else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(dev.score(preds), dev(rows), **tol)
+    sub = [2, 0]
+    torch.testing.assert_close(dev.score(preds[sub]), dev.score(preds)[sub])
+    per = dev.example_scores(preds)
+    if name == "multitask":
+        assert per is None and len(dev.example_ids) == sum(len(s.example_ids) for s in dev.scorers.values())
+    else:
+        assert per.shape == (rows.shape[0], len(dev.example_ids))
+        torch.testing.assert_close(per.mean(1), dev.score(preds))

@@ -6,6 +6,7 @@ import torch
 
 from swarmkern.merge import MergeContext, parse_method_config, whole
 from swarmkern.merge.ensemble import combine_predictions
+from swarmkern.utilities.protocol import ClassScores, Ensembling
 
 TARGET_W = torch.tensor([0.7, -0.2, 0.5])
 
@@ -63,20 +64,25 @@ def test_combine_predictions_by_hand():
     assert int(votes.argmax()) == 1
 
 
-class _PredictingUtility:
+class _PredictingUtility(Ensembling):
     """A utility with per-example predictions: example i's correct class is i % 2; expert k's logits
     favour class k on every example."""
     answers = torch.tensor([0, 1, 0, 1])
+    example_ids = ["0", "1", "2", "3"]
 
     def predict(self, rows):
-        return torch.stack([torch.log_softmax(torch.tensor([[r[0].item(), r[1].item()]] * 4, dtype=torch.float64), -1)
-                            for r in rows])
+        return ClassScores(torch.stack([
+            torch.log_softmax(torch.tensor([[r[0].item(), r[1].item()]] * 4, dtype=torch.float64), -1) for r in rows]))
 
-    def score_predictions(self, pred):
-        return float((pred.argmax(-1) == self.answers).double().mean())
+    def example_scores(self, preds):
+        return (preds.scores.argmax(-1) == self.answers).double()
 
-    def __call__(self, rows):
-        return torch.tensor([self.score_predictions(p) for p in self.predict(rows)])
+    def score(self, preds):
+        return self.example_scores(preds).mean(1)
+
+    def ensemble(self, preds, how="auto"):
+        how = "mean_prob" if how == "auto" else how
+        return float(self.score(ClassScores(combine_predictions(preds.scores, how)[None]))[0]), how
 
 
 def test_ensemble_uses_the_utility_predictions():

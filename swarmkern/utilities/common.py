@@ -12,9 +12,10 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import Field, PrivateAttr
 
+from .protocol import Ensembling, FunctionUtility, Predictions
 from .registry import UtilityConfig
 
-__all__ = ["ModelUtility", "Scorer", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
+__all__ = ["ModelUtility", "Scorer", "PredictionScorer", "jsonl_example_ids", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
 
 _EVALUATORS: dict[tuple, Any] = {}
 
@@ -58,32 +59,54 @@ class ModelUtility(UtilityConfig):
         return ids
 
 
-class Scorer:
-    """The callable handed to the search: particles [B, D] -> scores [B] (float64, on the CPU).
+class Scorer(FunctionUtility):
+    """A utility that only scores: Scorer(fn, name) with fn(particles [B, D]) -> [B] (see protocol.py)."""
 
-    `ensemble(members [M, D] best first, how) -> (score, how used)`, when given, scores the members'
-    combined per-example predictions (see utilities/ensemble.py); the top-k ensemble baseline uses it.
-    """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
-                 finalize: Callable[[Path], None] | None = None,
-                 ensemble: Callable[[torch.Tensor, str], tuple[float, str]] | None = None):
-        self._fn = fn
+class PredictionScorer(Ensembling):
+    """A utility made of its prediction functions (every built-in dataset utility is one):
+
+    predict(particles [B, D]) -> Predictions; example_scores(preds) -> [B, N] (None: the utility is no
+    mean over examples, then `score` is required); score(preds) -> [B] (default: mean of
+    example_scores); ensemble(preds, how) -> (score, how used); ids: the N examples' ids."""
+
+    def __init__(self, name: str, *, predict: Callable[[torch.Tensor], Predictions],
+                 ensemble: Callable[[Predictions, str], tuple[float, str]], ids: Sequence[str],
+                 example_scores: Callable[[Predictions], torch.Tensor] | None = None,
+                 score: Callable[[Predictions], torch.Tensor] | None = None):
+        if example_scores is None and score is None:
+            raise ValueError(f"{name}: needs example_scores or score")
         self.name = name
-        if finalize is not None:
-            self.finalize = finalize
-        if ensemble is not None:
-            self.ensemble = ensemble
+        self._predict, self._ensemble, self._ids = predict, ensemble, list(ids)
+        self._example_scores, self._score = example_scores, score
 
-    def __call__(self, particles: torch.Tensor) -> torch.Tensor:
-        if particles.dim() != 2:
-            raise ValueError(f"{self.name}: particles must be [B, D], got shape {list(particles.shape)}")
-        if particles.shape[0] == 0:
-            return torch.empty(0, dtype=torch.float64)
-        return torch.as_tensor(self._fn(particles), dtype=torch.float64).reshape(particles.shape[0])
+    def predict(self, particles: torch.Tensor) -> Predictions:
+        return self._predict(particles)
 
-    def __repr__(self) -> str:
-        return f"Scorer({self.name})"
+    def example_scores(self, preds: Predictions) -> torch.Tensor | None:
+        return None if self._example_scores is None else self._example_scores(preds).double()
+
+    def score(self, preds: Predictions) -> torch.Tensor:
+        if self._score is not None:
+            return torch.as_tensor(self._score(preds), dtype=torch.float64)
+        return self.example_scores(preds).mean(1)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def ensemble(self, preds: Predictions, how: str = "auto") -> tuple[float, str]:
+        if len(preds) == 0:
+            raise ValueError(f"{self.name}: an ensemble needs at least one member")
+        return self._ensemble(preds, how)
+
+
+def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
+    """Ids of the examples read from a JSONL file (in order, blank lines skipped as load_jsonl does):
+    each example's own "id" field when it has one, else its 1-based line number."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
+    return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
 
 
 def _digest(obj: Any) -> str:

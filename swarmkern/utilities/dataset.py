@@ -13,8 +13,9 @@ from pydantic import Field
 from swarmkern.data import MultipleChoiceExample, PromptAnswerExample, load_jsonl
 from swarmkern.evaluate import encode_requests
 
-from .common import NORMALIZERS, ModelUtility, Scorer, normalize_text
+from .common import NORMALIZERS, ModelUtility, PredictionScorer, jsonl_example_ids, normalize_text
 from .ensemble import combine_class_scores, majority_vote
+from .protocol import Answers, ClassScores
 from .registry import register_utility
 
 __all__ = ["MultipleChoice", "ExactMatch", "parse_choice_letter"]
@@ -56,30 +57,43 @@ class MultipleChoice(ModelUtility):
                             for k, c in enumerate(ex.choices))
         return (self.template or default).format(question=ex.question, choices=choices)
 
-    def build(self, pool: Any, split: str) -> Scorer:
+    def build(self, pool: Any, split: str) -> PredictionScorer:
         path, limit = self.split_file(split)
         examples = load_jsonl(path, MultipleChoiceExample, limit=limit)
         if any(len(ex.choices) > len(LETTERS) for ex in examples) and self.scoring == "generate":
             raise ValueError(f"{path}: generate scoring supports at most {len(LETTERS)} choices")
         ev = self.evaluator(pool)
         answers = torch.tensor([ex.answer for ex in examples])
-        name = f"multiple_choice[{split}]"
+        name, ids = f"multiple_choice[{split}]", jsonl_example_ids(path, examples)
         if self.scoring == "generate":
             prompts = self.encode_prompts(ev.tokenizer, [self._prompt(ex) for ex in examples])
             n_choices = [len(ex.choices) for ex in examples]
 
-            def picked(particles: torch.Tensor) -> list[list[int | None]]:
+            def picked(particles: torch.Tensor) -> Answers:
                 texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens,
                                     micro_batch=self.micro_batch)
-                return [[parse_choice_letter(t, n) for t, n in zip(row, n_choices)] for row in texts]
+                return Answers([[parse_choice_letter(t, n) for t, n in zip(row, n_choices)] for row in texts])
 
-            def accuracy(choices: list[list[int | None]]) -> torch.Tensor:
-                return (torch.tensor([[_or_minus1(k) for k in row] for row in choices]) == answers[None]).double().mean(1)
+            def letter_correct(preds: Answers) -> torch.Tensor:
+                return (torch.tensor([[_or_minus1(k) for k in row] for row in preds.answers]) == answers[None]).double()
 
-            def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
-                return float(accuracy([majority_vote(picked(members))])[0]), "vote"
-            return Scorer(lambda particles: accuracy(picked(particles)), name, ensemble=ensemble)
+            def vote(preds: Answers, how: str) -> tuple[float, str]:
+                return float(letter_correct(Answers([majority_vote(preds.answers)])).mean()), "vote"
+            return PredictionScorer(name, predict=picked, example_scores=letter_correct, ensemble=vote, ids=ids)
 
+        choice_scores = self._choice_scorer(ev, examples)
+
+        def correct(preds: ClassScores) -> torch.Tensor:  # argmax: the first choice wins ties
+            return (preds.scores.argmax(-1) == answers).double()
+
+        def combine(preds: ClassScores, how: str) -> tuple[float, str]:
+            how = "mean_prob" if how == "auto" else how
+            return float(correct(ClassScores(combine_class_scores(preds.scores, how)[None])).mean()), how
+        return PredictionScorer(name, predict=lambda particles: ClassScores(choice_scores(particles)),
+                                example_scores=correct, ensemble=combine, ids=ids)
+
+    def _choice_scorer(self, ev, examples: list[MultipleChoiceExample]):
+        """particles [B, D] -> [B, N, C] float64 score of every choice (-inf where a question has fewer)."""
         contexts, conts, where = [], [], []
         for i, ex in enumerate(examples):
             prompt = self._prompt(ex)
@@ -93,20 +107,13 @@ class MultipleChoice(ModelUtility):
         n_cols = max(len(ex.choices) for ex in examples)
 
         def choice_scores(particles: torch.Tensor) -> torch.Tensor:
-            """[B, N, C] (normalised) log-likelihood of every choice; -inf where a question has fewer."""
             ll = ev.loglikelihood(particles, requests, micro_batch=self.micro_batch)  # [B, sum choices]
             if self.scoring == "loglik_norm":
                 ll = ll / n_tok
             out = torch.full((ll.shape[0], len(examples), n_cols), -torch.inf, dtype=torch.float64)
             out[:, row_of, col_of] = ll.double()
             return out
-
-        def accuracy(scores: torch.Tensor) -> torch.Tensor:  # argmax: the first choice wins ties
-            return (scores.argmax(-1) == answers).double().mean(-1)
-
-        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
-            return float(accuracy(combine_class_scores(choice_scores(members), how))), how
-        return Scorer(lambda particles: accuracy(choice_scores(particles)), name, ensemble=ensemble)
+        return choice_scores
 
 
 def _or_minus1(k: int | None) -> int:
@@ -144,22 +151,23 @@ class ExactMatch(ModelUtility):
             text = m.group(1) if m.groups() else m.group(0)
         return normalize_text(text, self.normalize)
 
-    def build(self, pool: Any, split: str) -> Scorer:
+    def build(self, pool: Any, split: str) -> PredictionScorer:
         path, limit = self.split_file(split)
         examples = load_jsonl(path, PromptAnswerExample, limit=limit)
         ev = self.evaluator(pool)
         prompts = self.encode_prompts(ev.tokenizer, [self.template.format(prompt=ex.prompt) for ex in examples])
         targets = [normalize_text(ex.answer, self.normalize) for ex in examples]
 
-        def answers(particles: torch.Tensor) -> list[list[str | None]]:
+        def answers(particles: torch.Tensor) -> Answers:
             texts = ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
                                 micro_batch=self.micro_batch)
-            return [[self.extract(t) or None for t in row] for row in texts]  # "" is no answer
+            return Answers([[self.extract(t) or None for t in row] for row in texts])  # "" is no answer
 
-        def accuracy(given: list[list[str | None]]) -> torch.Tensor:
-            return torch.tensor([sum((g or "") == a for g, a in zip(row, targets)) / len(targets) for row in given],
+        def correct(preds: Answers) -> torch.Tensor:
+            return torch.tensor([[float((g or "") == a) for g, a in zip(row, targets)] for row in preds.answers],
                                 dtype=torch.float64)
 
-        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
-            return float(accuracy([majority_vote(answers(members))])[0]), "vote"
-        return Scorer(lambda particles: accuracy(answers(particles)), f"exact_match[{split}]", ensemble=ensemble)
+        def vote(preds: Answers, how: str) -> tuple[float, str]:
+            return float(correct(Answers([majority_vote(preds.answers)])).mean()), "vote"
+        return PredictionScorer(f"exact_match[{split}]", predict=answers, example_scores=correct, ensemble=vote,
+                                ids=jsonl_example_ids(path, examples))

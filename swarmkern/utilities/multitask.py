@@ -4,19 +4,19 @@ mean, or min). Every dev evaluation is remembered by its per-task scores, and at
 (and, with save_front, each front member's weights as an expert in pareto_front/)."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, PrivateAttr, model_validator
 
-from .common import Scorer, harmonic_mean
+from swarmkern.atomic import atomic_write_json
+
+from .common import harmonic_mean
+from .protocol import Ensembling, Finalizing, TaskPredictions, Utility, as_utility
 from .registry import UtilityConfig, parse_utility_config, register_utility
 
-__all__ = ["MultiTask", "ParetoFront"]
+__all__ = ["MultiTask", "MultiTaskScorer", "PredictingMultiTask", "ParetoFront"]
 
 
 class ParetoFront:
@@ -97,58 +97,85 @@ class MultiTask(UtilityConfig):
             return (scores * w).sum(1) / w.sum()
         return harmonic_mean(scores.T, w)
 
-    def build(self, pool: Any, split: str) -> Scorer:
-        names = list(self.tasks)
-        scorers = [self._parsed[n].build(pool, split) for n in names]
-        front = ParetoFront(names, keep_rows=self.save_front) if split == "dev" else None
-        calls = [0]
-
-        def score(particles: torch.Tensor) -> torch.Tensor:
-            per_task = torch.stack([torch.as_tensor(s(particles), dtype=torch.float64).reshape(-1)
-                                    for s in scorers], 1)  # [B, T]
-            combined = self.combine_scores(per_task)
-            if front is not None:
-                front.add(per_task, combined, particles, calls[0])
-            calls[0] += 1
-            return combined
-
-        def finalize(output_dir: Path) -> None:
-            for s in scorers:  # sub-utilities may write outputs of their own
-                fin = getattr(s, "finalize", None)
-                if callable(fin):
-                    fin(output_dir)
-            if front is None:
-                return
-            output_dir.mkdir(parents=True, exist_ok=True)
-            data = front.to_json()
-            data["combine"] = self.combine
-            if self.save_front and pool is not None and hasattr(pool, "layout"):
-                from swarmkern.flat import save_expert
-
-                for k, m in enumerate(sorted(front.members, key=lambda m: -m["combined"])):
-                    path = save_expert(pool, m["weights"], output_dir / "pareto_front" / f"member_{k}")
-                    data["front"][k]["path"] = str(path)
-            _atomic_json(output_dir / "pareto_front.json", data)
-        def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
-            """Each task's own ensemble (its way of combining predictions), then the tasks combined."""
-            per_task, used = [], []
-            for n, s in zip(names, scorers):
-                if not callable(getattr(s, "ensemble", None)):
-                    raise ValueError(f"tasks.{n}: its utility gives no per-example predictions to ensemble")
-                value, way = s.ensemble(members, how)
-                per_task.append(value)
-                used.append(f"{n}={way}")
-            combined = self.combine_scores(torch.tensor([per_task], dtype=torch.float64))
-            return float(combined[0]), ", ".join(used)
-        return Scorer(score, f"multitask[{split}]", finalize=finalize, ensemble=ensemble)
+    def build(self, pool: Any, split: str) -> "MultiTaskScorer":
+        scorers = {n: as_utility(self._parsed[n].build(pool, split), f"tasks.{n}") for n in self.tasks}
+        front = ParetoFront(list(self.tasks), keep_rows=self.save_front) if split == "dev" else None
+        # predictions and ensembles only when every task has them (checked here, when it is built)
+        cls = PredictingMultiTask if all(isinstance(s, Ensembling) for s in scorers.values()) else MultiTaskScorer
+        return cls(self, scorers, front, pool, f"multitask[{split}]")
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class MultiTaskScorer(Finalizing):
+    """Every task's utility on the same particles, combined by the config's rule; remembers the Pareto
+    front of dev calls (written by finalize)."""
+
+    def __init__(self, config: MultiTask, scorers: dict[str, Utility], front: ParetoFront | None, pool: Any,
+                 name: str):
+        self.config, self.scorers, self.front, self.pool, self.name = config, scorers, front, pool, name
+        self.calls = 0
+
+    def _task_scores(self, particles: torch.Tensor) -> torch.Tensor:
+        return torch.stack([s(particles) for s in self.scorers.values()], 1)  # [B, T]
+
+    def evaluate(self, particles: torch.Tensor) -> torch.Tensor:
+        per_task = self._task_scores(particles)
+        combined = self.config.combine_scores(per_task)
+        if self.front is not None:
+            self.front.add(per_task, combined, particles, self.calls)
+        self.calls += 1
+        return combined
+
+    def finalize(self, output_dir: Path) -> None:
+        for s in self.scorers.values():  # sub-utilities may write outputs of their own
+            if isinstance(s, Finalizing):
+                s.finalize(output_dir)
+        if self.front is None:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        data = self.front.to_json()
+        data["combine"] = self.config.combine
+        if self.config.save_front and self.pool is not None and hasattr(self.pool, "layout"):
+            from swarmkern.flat import save_expert
+
+            for k, m in enumerate(sorted(self.front.members, key=lambda m: -m["combined"])):
+                path = save_expert(self.pool, m["weights"], output_dir / "pareto_front" / f"member_{k}")
+                data["front"][k]["path"] = str(path)
+        atomic_write_json(output_dir / "pareto_front.json", data, indent=2)
+
+
+class PredictingMultiTask(Ensembling, MultiTaskScorer):
+    """A multi-task utility whose tasks all predict: predictions are each task's own (TaskPredictions),
+    an ensemble ensembles each task its own way and combines the task scores."""
+    scorers: dict[str, Ensembling]
+
+    def predict(self, particles: torch.Tensor) -> TaskPredictions:
+        return TaskPredictions({n: s.predict(particles) for n, s in self.scorers.items()})
+
+    def task_scores(self, preds: TaskPredictions) -> torch.Tensor:
+        """[B, T] every task's score."""
+        return torch.stack([torch.as_tensor(s.score(preds.tasks[n]), dtype=torch.float64).reshape(-1)
+                            for n, s in self.scorers.items()], 1)
+
+    def _task_scores(self, particles: torch.Tensor) -> torch.Tensor:
+        return self.task_scores(self.predict(particles))
+
+    def score(self, preds: TaskPredictions) -> torch.Tensor:
+        return self.config.combine_scores(self.task_scores(preds))
+
+    evaluate = MultiTaskScorer.evaluate  # records the Pareto front (Predicting.evaluate would not)
+
+    @property
+    def example_ids(self) -> list[str]:
+        """"task/id" for every task's examples, task by task (example_scores is None: the combined
+        utility is no mean over them)."""
+        return [f"{n}/{i}" for n, s in self.scorers.items() for i in s.example_ids]
+
+    def ensemble(self, preds: TaskPredictions, how: str = "auto") -> tuple[float, str]:
+        """Each task's own ensemble (its way of combining predictions), then the tasks combined."""
+        per_task, used = [], []
+        for n, s in self.scorers.items():
+            value, way = s.ensemble(preds.tasks[n], how)
+            per_task.append(value)
+            used.append(f"{n}={way}")
+        combined = self.config.combine_scores(torch.tensor([per_task], dtype=torch.float64))
+        return float(combined[0]), ", ".join(used)

@@ -3,8 +3,9 @@
     @register_utility("my_metric")
     class MyMetric(UtilityConfig):
         threshold: float = 0.5                      # fields validate the YAML `utility:` section
-        def build(self, pool, split) -> ScoreFn:    # one scorer per split ("dev" or "test")
+        def build(self, pool, split):               # one scorer per split ("dev" or "test")
             return lambda particles: ...            # particles: [B, D] rows -> [B] scores
+    (or a protocol.Utility with optional capabilities: predictions, ensembles, finalize)
 
 `build_utility(spec, pool)` validates a YAML mapping ({"type": name, ...}) and returns a BuiltUtility
 with .dev (used by the search) and .test (used only for the report; None when no test split).
@@ -15,10 +16,12 @@ import importlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .protocol import Ensembling, Finalizing, Predicting, Utility, as_utility
 
 ScoreFn = Callable[[torch.Tensor], "torch.Tensor | list[float]"]
 
@@ -34,7 +37,7 @@ class UtilityConfig(BaseModel):
     def has_split(self, split: str) -> bool:
         return split == "dev"
 
-    def build(self, pool: Any, split: str) -> ScoreFn:  # pragma: no cover - abstract
+    def build(self, pool: Any, split: str) -> "Utility | ScoreFn":  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -50,8 +53,8 @@ def register_utility(name: str):
 @dataclass
 class BuiltUtility:
     config: UtilityConfig
-    dev: ScoreFn
-    test: ScoreFn | None = None
+    dev: Utility
+    test: Utility | None = None
     finalizers: list[Callable[[Path], None]] = field(default_factory=list)
 
     def finalize(self, output_dir: Path) -> None:
@@ -78,14 +81,13 @@ def parse_utility_config(spec: dict | UtilityConfig) -> UtilityConfig:
 
 
 def build_utility(spec: dict | UtilityConfig, pool: Any) -> BuiltUtility:
+    """Validate and build both splits; each scorer is checked against the protocol (protocol.py): a
+    Utility as it is, a plain function wrapped (score only), anything else a one-line error."""
     cfg = parse_utility_config(spec)
-    dev = cfg.build(pool, "dev")
-    test = cfg.build(pool, "test") if cfg.has_split("test") else None
+    dev = as_utility(cfg.build(pool, "dev"), f"utility {cfg.type} [dev]")
+    test = as_utility(cfg.build(pool, "test"), f"utility {cfg.type} [test]") if cfg.has_split("test") else None
     built = BuiltUtility(cfg, dev, test)
-    for fn in (dev, test):
-        fin = getattr(fn, "finalize", None)
-        if callable(fin):
-            built.finalizers.append(fin)
+    built.finalizers.extend(fn.finalize for fn in (dev, test) if isinstance(fn, Finalizing))
     return built
 
 
@@ -128,16 +130,77 @@ class PythonUtility(UtilityConfig):
         except (TypeError, ValueError):
             return False
 
-    def build(self, pool: Any, split: str) -> ScoreFn:
+    def build(self, pool: Any, split: str) -> Utility:
         fn = self._resolve()
         kwargs = dict(self.kwargs if split == "dev" or self.test_kwargs is None else self.test_kwargs)
         if self._takes_split():
             kwargs["split"] = split
-        def score(particles):
-            return fn(particles, **kwargs)
-        # a callable object may also give per-example predictions for the ensemble baseline
-        # (merge/ensemble.py: `ensemble`, or `predict` + `score_predictions`); forwarded as they are
-        for attr in ("ensemble", "predict", "score_predictions"):
-            if callable(getattr(fn, attr, None)):
-                setattr(score, attr, getattr(fn, attr))
-        return score
+        name = f"python[{split}]"
+        # what the callable offers, checked once here against the structural protocols below
+        if isinstance(fn, _EnsemblesLike):
+            return _PythonEnsembling(fn, kwargs, name)
+        if isinstance(fn, _PredictsLike):
+            return _PythonPredicting(fn, kwargs, name)
+        return _PythonScorer(fn, kwargs, name)
+
+
+@runtime_checkable
+class _PredictsLike(Protocol):
+    """A user's callable object with per-example predictions (the Predicting capability's methods;
+    example_scores and example_ids are optional)."""
+    def predict(self, particles: torch.Tensor) -> Any: ...
+    def score(self, preds: Any) -> Any: ...
+
+
+@runtime_checkable
+class _EnsemblesLike(_PredictsLike, Protocol):
+    def ensemble(self, preds: Any, how: str = "auto") -> tuple[float, str]: ...
+
+
+@runtime_checkable
+class _IdsLike(Protocol):
+    example_ids: Any
+
+
+@runtime_checkable
+class _ExampleScoresLike(Protocol):
+    def example_scores(self, preds: Any) -> Any: ...
+
+
+class _PythonScorer(Utility):
+    """A `python` utility: fn(particles, **kwargs) -> [B]."""
+
+    def __init__(self, fn: Callable, kwargs: dict[str, Any], name: str):
+        self.fn, self.kwargs, self.name = fn, kwargs, name
+
+    def evaluate(self, particles: torch.Tensor):
+        return self.fn(particles, **self.kwargs)
+
+
+class _PythonPredicting(Predicting, _PythonScorer):
+    """A `python` utility whose callable object also predicts (forwarded without the kwargs)."""
+    evaluate = _PythonScorer.evaluate  # the callable's own score, with its kwargs
+
+    def predict(self, particles: torch.Tensor):
+        return self.fn.predict(particles)
+
+    def score(self, preds: Any) -> torch.Tensor:
+        return torch.as_tensor(self.fn.score(preds), dtype=torch.float64)
+
+    def example_scores(self, preds: Any) -> torch.Tensor | None:
+        if not isinstance(self.fn, _ExampleScoresLike):
+            return None
+        out = self.fn.example_scores(preds)
+        return None if out is None else torch.as_tensor(out, dtype=torch.float64)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return [str(i) for i in self.fn.example_ids] if isinstance(self.fn, _IdsLike) else []
+
+
+class _PythonEnsembling(Ensembling, _PythonPredicting):
+    evaluate = _PythonScorer.evaluate
+
+    def ensemble(self, preds: Any, how: str = "auto") -> tuple[float, str]:
+        value, used = self.fn.ensemble(preds, how)
+        return float(value), str(used)

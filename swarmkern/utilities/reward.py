@@ -11,8 +11,9 @@ from pydantic import Field, field_validator
 
 from swarmkern.data import PromptExample, load_jsonl
 
-from .common import ModelUtility, Scorer, plain_evaluator
+from .common import ModelUtility, PredictionScorer, jsonl_example_ids, plain_evaluator
 from .ensemble import consensus_responses
+from .protocol import Responses
 from .registry import register_utility
 
 __all__ = ["RewardModel", "LLMJudge", "parse_rating"]
@@ -29,10 +30,10 @@ class _ResponseUtility(ModelUtility):
         ev = self.evaluator(pool)
         prompts = self.encode_prompts(ev.tokenizer, [self.template.format(prompt=ex.prompt) for ex in examples])
 
-        def generate(particles: torch.Tensor) -> list[list[str]]:
-            return ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
-                               micro_batch=self.micro_batch)
-        return examples, ev, generate
+        def generate(particles: torch.Tensor) -> Responses:
+            return Responses(ev.generate(particles, prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
+                                         micro_batch=self.micro_batch))
+        return examples, ev, generate, jsonl_example_ids(path, examples)
 
 
 @register_utility("reward_model")
@@ -87,12 +88,14 @@ class RewardModel(_ResponseUtility):
             return torch.cat(out)
         return rewards
 
-    def build(self, pool: Any, split: str) -> Scorer:
-        examples, ev, generate = self._responses(pool, split)
+    def build(self, pool: Any, split: str) -> PredictionScorer:
+        examples, ev, generate, ids = self._responses(pool, split)
         rewards = self._reward_fn()
         state = self._state
 
-        def score_responses(responses: list[list[str]]) -> torch.Tensor:
+        def per_example(preds: Responses) -> torch.Tensor:
+            """[B, N]: each response's normalised reward (plus its length term); the utility is the mean."""
+            responses = preds.texts
             texts = [self.reward_template.format(prompt=ex.prompt, response=r)
                      for row in responses for ex, r in zip(examples, row)]
             raw = rewards(texts).view(len(responses), len(examples))
@@ -108,15 +111,14 @@ class RewardModel(_ResponseUtility):
                 norm = (raw - lo) / (hi - lo)
             else:
                 norm = raw
-            total = norm.mean(1)
             if self.length_weight:
                 n_tok = torch.tensor([[len(ev.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in row]
                                       for row in responses], dtype=torch.float64)
-                frac = (n_tok / self.max_new_tokens).clamp(0, 1).mean(1)
-                total = total + self.length_weight * (frac if self.length_preference == "verbose" else 1 - frac)
-            return total
-        return Scorer(lambda particles: score_responses(generate(particles)), f"reward_model[{split}]",
-                      ensemble=_consensus_ensemble(generate, score_responses))
+                frac = (n_tok / self.max_new_tokens).clamp(0, 1)
+                norm = norm + self.length_weight * (frac if self.length_preference == "verbose" else 1 - frac)
+            return norm
+        return PredictionScorer(f"reward_model[{split}]", predict=generate, example_scores=per_example,
+                                ensemble=_consensus_ensemble(per_example), ids=ids)
 
 
 DEFAULT_JUDGE_TEMPLATE = ("Rate the response to the instruction on a scale of 1 to 10 and answer as "
@@ -160,27 +162,27 @@ class LLMJudge(_ResponseUtility):
             raise ValueError(f"invalid regular expression ({err})") from None
         return v
 
-    def build(self, pool: Any, split: str) -> Scorer:
-        examples, _, generate = self._responses(pool, split)
+    def build(self, pool: Any, split: str) -> PredictionScorer:
+        examples, _, generate, ids = self._responses(pool, split)
         judge = plain_evaluator(self.judge, tokenizer=self.judge_tokenizer, dtype=self.dtype, device=self.device)
 
-        def score_responses(responses: list[list[str]]) -> torch.Tensor:
+        def ratings(preds: Responses) -> torch.Tensor:
+            """[B, N] the judge's rating of every response."""
             texts = [self.judge_template.format(prompt=ex.prompt, response=r)
-                     for row in responses for ex, r in zip(examples, row)]
-            ids = [x[-self.judge_max_length:] for x in judge.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-            verdicts = judge.generate(None, ids, max_new_tokens=self.judge_max_new_tokens,
+                     for row in preds.texts for ex, r in zip(examples, row)]
+            ids_ = [x[-self.judge_max_length:] for x in judge.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+            verdicts = judge.generate(None, ids_, max_new_tokens=self.judge_max_new_tokens,
                                       micro_batch=self.micro_batch)[0]
-            ratings = torch.tensor([parse_rating(v, self.rating_pattern, self.min_rating, self.max_rating)
-                                    for v in verdicts], dtype=torch.float64)
-            return ratings.view(len(responses), len(examples)).mean(1)
-        return Scorer(lambda particles: score_responses(generate(particles)), f"llm_judge[{split}]",
-                      ensemble=_consensus_ensemble(generate, score_responses))
+            found = torch.tensor([parse_rating(v, self.rating_pattern, self.min_rating, self.max_rating)
+                                  for v in verdicts], dtype=torch.float64)
+            return found.view(len(preds), len(examples))
+        return PredictionScorer(f"llm_judge[{split}]", predict=generate, example_scores=ratings,
+                                ensemble=_consensus_ensemble(ratings), ids=ids)
 
 
-def _consensus_ensemble(generate: Callable[[torch.Tensor], list[list[str]]],
-                        score_responses: Callable[[list[list[str]]], torch.Tensor]):
-    """The ensemble of a response utility: each member answers every prompt, the consensus response is
-    kept per prompt (utilities/ensemble.py), and those responses are scored like one particle's."""
-    def ensemble(members: torch.Tensor, how: str) -> tuple[float, str]:
-        return float(score_responses([consensus_responses(generate(members))])[0]), "consensus"
+def _consensus_ensemble(per_example: Callable[[Responses], torch.Tensor]):
+    """The ensemble of a response utility: the consensus response per prompt among the members'
+    responses (utilities/ensemble.py), scored like one particle's responses."""
+    def ensemble(preds: Responses, how: str) -> tuple[float, str]:
+        return float(per_example(Responses([consensus_responses(preds.texts)])).mean()), "consensus"
     return ensemble
