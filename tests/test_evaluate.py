@@ -48,12 +48,16 @@ def check_against_peft(model_dir, adapter_dirs, **ev_kwargs):
     rows = pool.weights
     ev = LoraEvaluator(fresh_model(model_dir), tok, pool.layout, pool.adapter_config, **ev_kwargs)
     seqs = [tok(t)["input_ids"] for t in TEXTS]  # mixed lengths -> padding inside every batch
-    for micro_batch in (64, 3):  # all particles in one pass / particles split over passes
+    # all particles in one pass / particles split over passes / the first again: its lower layers are
+    # then served from the cross-call cache (when the adapters leave lower layers unadapted)
+    for micro_batch in (64, 3, 64):
         got = ev.logits(rows, seqs, micro_batch=micro_batch)
         for k, d in enumerate(adapter_dirs):
             ref = peft_logits(model_dir, d, seqs)
             for i in range(len(seqs)):
                 assert_rel_close(got[i][k], ref[i])
+    lower = ev.shared_layers is not None and ev.shared_layers[1] > 0 and ev.share_prefix
+    assert (ev.layer_cache.hits > 0) == lower
     return ev, rows, seqs
 
 

@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .layer_cache import LowerLayerCache, SkipLayer
+
 __all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
 
 
@@ -81,9 +83,11 @@ class _Runner(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                cache, select: torch.Tensor | None) -> torch.Tensor:
+                cache, select: torch.Tensor | None, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [M, V] at flat positions `select` (indices into B*T), or at the
-        last position of every row ([B', V]) when select is None. B' may exceed B (prefix sharing)."""
+        last position of every row ([B', V]) when select is None. B' may exceed B (prefix sharing).
+        With tokens [M, K] (vocab ids per selected position) only those K rows of the LM head are
+        computed: logits [M, K] (no projection onto the whole vocabulary)."""
         decoder = self.model.get_decoder()
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                   "use_cache": cache is not None}
@@ -91,7 +95,16 @@ class _Runner(nn.Module):
             kwargs[_cache_kwarg(decoder)] = cache
         hidden = decoder(**kwargs)[0]
         flat = hidden[:, -1] if select is None else hidden.reshape(-1, hidden.shape[-1]).index_select(0, select)
-        logits = self.model.get_output_embeddings()(flat)
+        head = self.model.get_output_embeddings()
+        if tokens is not None and isinstance(head, nn.Linear):
+            w = head.weight.index_select(0, tokens.reshape(-1)).view(*tokens.shape, -1)  # [M, K, H]
+            logits = torch.bmm(w, flat.to(w.dtype)[:, :, None])[:, :, 0]
+            if head.bias is not None:
+                logits = logits + head.bias.index_select(0, tokens.reshape(-1)).view(tokens.shape)
+        else:
+            logits = head(flat)
+            if tokens is not None:
+                logits = logits.gather(1, tokens)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -127,6 +140,8 @@ class ParticleEvaluator:
         self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
+        self.layer_cache = LowerLayerCache()  # lower layers' outputs across calls (layer_cache.py)
+        self._lower_tuple_len: int | None | str = "unknown"  # what a lower layer returns (for SkipLayer)
 
     # -- binding -----------------------------------------------------------------------------
     @property
@@ -269,18 +284,99 @@ class ParticleEvaluator:
         return ids.to(self.device), mask.to(self.device), T
 
     def _forward_selected(self, rows, pb: int, ids: torch.Tensor, mask: torch.Tensor,
-                          pos: torch.Tensor) -> torch.Tensor:
-        """Logits [pb * len(pos), V] at flat positions `pos` (into n*T) of every particle's copy."""
+                          pos: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [pb * len(pos), V] at flat positions `pos` (into n*T) of every particle's copy; with
+        tokens [len(pos), K] only those vocabulary entries: [pb * len(pos), K]."""
         n, T = ids.shape
         shared = self._sharing(pb)
         # particle p's copy of batch row i is row p*n + i
         sel = (torch.arange(pb, device=ids.device)[:, None] * (n * T) + pos[None]).reshape(-1)
+        if tokens is not None and pb > 1:
+            tokens = tokens.repeat(pb, 1)
         if not shared and pb > 1:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self._expanding(n if shared else None, pb):
+        cached = self._lower_cached(ids, mask) if shared or pb == 1 else contextlib.nullcontext()
+        with self._expanding(n if shared else None, pb), cached:
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                              cache=None, select=sel)
+                              cache=None, select=sel, tokens=tokens)
+
+    @contextlib.contextmanager
+    def _lower_cached(self, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+        """Serve the layers below the first adapted one from the cross-call cache for this batch of
+        examples [n, T] (they are then skipped), or record their output on a miss. Off (a no-op) when
+        nothing is shared below the adapted layers or the cache limit is 0."""
+        if self.shared_layers is None or self.shared_layers[1] == 0 or self.layer_cache.limit_bytes <= 0:
+            yield
+            return
+        layers, first = self.shared_layers
+        key = self.layer_cache.key(ids, mask)
+        hit = self.layer_cache.get(key) if self._lower_tuple_len != "unknown" else None
+        handles = []
+        if hit is None:
+            def record(module, args, kwargs):
+                self.layer_cache.put(key, args[0] if args else kwargs["hidden_states"])
+
+            def output_kind(module, args, out):
+                self._lower_tuple_len = len(out) if isinstance(out, tuple) else None
+            handles.append(layers[first].register_forward_pre_hook(record, with_kwargs=True, prepend=True))
+            handles.append(layers[first - 1].register_forward_hook(output_kind))
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+            return
+
+        def serve(module, args, kwargs):
+            if args:
+                return (hit, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hit}
+        originals = [layers[i] for i in range(first)]
+        for i, layer in enumerate(originals):
+            layers[i] = SkipLayer(layer, self._lower_tuple_len)
+        handles.append(layers[first].register_forward_pre_hook(serve, with_kwargs=True, prepend=True))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for i, layer in enumerate(originals):
+                layers[i] = layer
+
+    @torch.inference_mode()
+    def next_token_logits(self, rows: torch.Tensor | None, contexts: Sequence[Sequence[int]],
+                          candidates: Sequence[Sequence[int]], *, micro_batch: int = 64) -> torch.Tensor:
+        """Logits of candidate next tokens after each context: [P, N, K] float64, K the most candidates
+        of any context, -inf where a context has fewer (P = 1 when rows is None).
+
+        Only the K candidate rows of the LM head are computed at each context's last position (no
+        projection onto the vocabulary): a softmax over one context's candidates equals its log-probs
+        renormalised among them, but the logits are not log-probabilities of the whole vocabulary."""
+        P = 1 if rows is None else rows.shape[0]
+        N = len(contexts)
+        if len(candidates) != N:
+            raise ValueError("next_token_logits: contexts and candidates differ in length")
+        K = max(len(c) for c in candidates)
+        cand = torch.zeros(N, K, dtype=torch.long)
+        pad = torch.ones(N, K, dtype=torch.bool)
+        for i, c in enumerate(candidates):
+            cand[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+            pad[i, :len(c)] = False
+        out = torch.empty(P, N, K, dtype=torch.float64)
+        order = sorted(range(N), key=lambda i: len(contexts[i]))  # similar lengths share a batch
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            pb = p1 - p0
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // pb)
+            with self._bound(sub):
+                for s in range(0, N, n):
+                    idx = order[s:s + n]
+                    ids, mask, T = self._right_padded([list(contexts[i]) for i in idx])
+                    last = torch.tensor([j * T + len(contexts[i]) - 1 for j, i in enumerate(idx)], device=self.device)
+                    lg = self._forward_selected(sub, pb, ids, mask, last, cand[idx].to(self.device))
+                    out[p0:p1, idx] = lg.view(pb, len(idx), K).double().cpu()
+        return out.masked_fill_(pad[None], -torch.inf)
 
     def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
         ids, mask, T = self._right_padded(seqs)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import Field, PrivateAttr
 
+from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
+
 from .protocol import Ensembling, FunctionUtility, Predictions
 from .registry import UtilityConfig
 
@@ -36,6 +38,9 @@ class ModelUtility(UtilityConfig):
     micro_batch: int = Field(64, gt=0, description="rows per forward pass (particles x examples): bounds memory")
     max_length: int | None = Field(None, gt=0, description="cut prompts from the left to this many tokens")
     share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
+    layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description=(
+        "memory (MiB) for the outputs of the frozen layers below the first adapted layer, kept across calls "
+        "per batch of examples (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
     _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
 
     def has_split(self, split: str) -> bool:
@@ -50,7 +55,8 @@ class ModelUtility(UtilityConfig):
 
     def evaluator(self, pool: Any):
         return particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                  device=self.device, share_prefix=self.share_prefix)
+                                  device=self.device, share_prefix=self.share_prefix,
+                                  layer_cache_bytes=int(self.layer_cache_mb * 2**20))
 
     def encode_prompts(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
         ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -114,12 +120,14 @@ def _digest(obj: Any) -> str:
 
 
 def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | None = None,
-                       dtype: str = "auto", device: str = "auto", share_prefix: bool = True):
+                       dtype: str = "auto", device: str = "auto", share_prefix: bool = True,
+                       layer_cache_bytes: int | None = None):
     """The evaluator for a pool's particles on a local causal LM, built once per process and shared by
     every utility (dev and test, every task of a multi-task utility).
 
     PEFT pools -> LoraEvaluator (model defaults to the adapters' base_model_name_or_path);
-    safetensors / state-dict pools -> FullWeightEvaluator (model required).
+    safetensors / state-dict pools -> FullWeightEvaluator (model required). `layer_cache_bytes`: the
+    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked.
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
@@ -140,7 +148,10 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
-        return _EVALUATORS[key]
+        ev = _EVALUATORS[key]
+        if layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
+            ev.layer_cache.resize(layer_cache_bytes)
+        return ev
     tok = load_tokenizer(tok_dir)
     lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
     if any(isinstance(e, LoraEvaluator) and e.model is lm for e in _EVALUATORS.values()):
@@ -151,6 +162,8 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         ev = LoraEvaluator(lm, tok, pool.layout, pool.adapter_config or {}, share_prefix=share_prefix)
     else:
         ev = FullWeightEvaluator(lm, tok, pool.layout)
+    if layer_cache_bytes is not None:
+        ev.layer_cache.resize(layer_cache_bytes)
     _EVALUATORS[key] = ev
     return ev
 

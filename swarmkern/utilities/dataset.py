@@ -37,12 +37,15 @@ class MultipleChoice(ModelUtility):
     """Accuracy on {"question", "choices", "answer"} JSONL.
 
     scoring: "loglik" picks the choice with the highest sum of token log-probabilities after the
-    prompt; "loglik_norm" divides by the choice's token count; "generate" (the paper's reference code)
-    lists the lettered choices, generates `max_new_tokens` greedily and parses the first choice letter
-    (none -> wrong).
+    prompt; "loglik_norm" divides by the choice's token count; "first_token" (cheaper: one position per
+    question) tokenises prompt + continuation of every choice, takes their common token prefix as the
+    context and picks the choice whose token at the first differing position has the highest logit
+    (docs/UTILITIES.md says what it approximates); "generate" (the paper's reference code) lists the
+    lettered choices, generates `max_new_tokens` greedily and parses the first choice letter (none ->
+    wrong).
     """
     type: str = "multiple_choice"
-    scoring: Literal["loglik", "loglik_norm", "generate"] = "loglik"
+    scoring: Literal["loglik", "loglik_norm", "first_token", "generate"] = "loglik"
     template: str | None = Field(None, description="prompt; fields {question} and {choices} (the lettered "
                                  "list). Default: 'Question: {question}\\nAnswer:' for loglik, "
                                  "'Question: {question}\\n{choices}\\nThe answer is' for generate")
@@ -81,7 +84,8 @@ class MultipleChoice(ModelUtility):
                 return float(letter_correct(Answers([majority_vote(preds.answers)])).mean()), "vote"
             return PredictionScorer(name, predict=picked, example_scores=letter_correct, ensemble=vote, ids=ids)
 
-        choice_scores = self._choice_scorer(ev, examples)
+        choice_scores = (self._first_token_scorer(ev, examples, ids, path) if self.scoring == "first_token"
+                         else self._choice_scorer(ev, examples))
 
         def correct(preds: ClassScores) -> torch.Tensor:  # argmax: the first choice wins ties
             return (preds.scores.argmax(-1) == answers).double()
@@ -91,6 +95,29 @@ class MultipleChoice(ModelUtility):
             return float(correct(ClassScores(combine_class_scores(preds.scores, how)[None])).mean()), how
         return PredictionScorer(name, predict=lambda particles: ClassScores(choice_scores(particles)),
                                 example_scores=correct, ensemble=combine, ids=ids)
+
+    def _first_token_scorer(self, ev, examples: list[MultipleChoiceExample], ids: list[str], path):
+        """particles [B, D] -> [B, N, C] float64 logit of each choice's token at the first position where
+        the choices' tokenisations (prompt + continuation, whole text) differ; -inf pads."""
+        contexts, candidates = [], []
+        for ex, line in zip(examples, ids):
+            prompt = self._prompt(ex)
+            texts = [prompt + self.continuation.format(choice=c, letter=LETTERS[k]) for k, c in enumerate(ex.choices)]
+            seqs = ev.tokenizer(texts, add_special_tokens=True)["input_ids"]
+            d = 0
+            while all(d < len(q) for q in seqs) and len({q[d] for q in seqs}) == 1:
+                d += 1
+            firsts = [q[d] if d < len(q) else None for q in seqs]
+            if d == 0 or None in firsts or len(set(firsts)) != len(firsts):
+                raise ValueError(f"{path}: example {line}: first_token scoring needs choices whose tokens differ "
+                                 f"at one position after a shared context; {ex.choices} do not (use scoring: loglik)")
+            ctx = list(seqs[0][:d])
+            contexts.append(ctx[-self.max_length:] if self.max_length is not None else ctx)
+            candidates.append(firsts)
+
+        def choice_scores(particles: torch.Tensor) -> torch.Tensor:
+            return ev.next_token_logits(particles, contexts, candidates, micro_batch=self.micro_batch)
+        return choice_scores
 
     def _choice_scorer(self, ev, examples: list[MultipleChoiceExample]):
         """particles [B, D] -> [B, N, C] float64 score of every choice (-inf where a question has fewer)."""
