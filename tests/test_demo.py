@@ -110,8 +110,9 @@ def test_init_adapter_is_the_base_model(tmp_path):
 
 
 def _peft_accuracy(model_dir, adapter, quiz, template) -> float:
-    """Multiple-choice accuracy of a PEFT adapter, computed here without swarmkern's evaluator: the
-    summed log-probability of each choice's tokens after the prompt, one choice at a time."""
+    """First-token multiple-choice accuracy of a PEFT adapter, computed here without swarmkern's
+    evaluator: one plain forward of prompt + the choices' common tokens, then the choice whose first
+    differing token has the highest logit (the first choice wins ties)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -120,14 +121,13 @@ def _peft_accuracy(model_dir, adapter, quiz, template) -> float:
     right = 0
     rows = [json.loads(line) for line in quiz.read_text().splitlines()]
     for row in rows:
-        ctx = tok(template.format(question=row["question"]), add_special_tokens=True)["input_ids"]
-        scores = []
-        for c in row["choices"]:
-            cont = tok(" " + c, add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                logp = model(input_ids=torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
-            scores.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
-        right += int(max(range(len(scores)), key=lambda k: (scores[k], -k)) == row["answer"])
+        prompt = template.format(question=row["question"])
+        seqs = [tok(prompt + " " + c, add_special_tokens=True)["input_ids"] for c in row["choices"]]
+        d = next(i for i in range(min(map(len, seqs))) if len({q[i] for q in seqs}) > 1)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seqs[0][:d]])).logits[0, -1]
+        scores = [float(logits[q[d]]) for q in seqs]
+        right += int(scores.index(max(scores)) == row["answer"])
     return right / len(rows)
 
 

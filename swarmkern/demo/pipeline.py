@@ -49,6 +49,9 @@ class DemoConfig:
     include_base: bool = True   # the base model (an all-zero adapter) as one more particle
     baselines: tuple[str | dict, ...] = BASELINES
     ensemble_k: int = 3         # top-k prediction ensemble (k forward passes per question); 0: none
+    # first_token: each choice's logit at the first token where the choices differ (one position per
+    # question; the target's choices are single tokens there, so it ranks them as loglik would)
+    scoring: str = "first_token"
     dtype: str = "auto"         # compute dtype of the multiple_choice utility (auto: bf16 only where native)
     progress: bool = True
 
@@ -95,9 +98,9 @@ def write_configs(cfg: DemoConfig, out: Path, model_dir: Path, expert_dir: Path,
                   "phi_p": cfg.phi_p, "phi_g": cfg.phi_g, "phi_w": cfg.phi_w, "step": cfg.step,
                   "min_step": min(0.1, cfg.step), "max_iters": cfg.max_iters, "patience": cfg.patience,
                   "seed": cfg.seed},
-        "utility": {"type": "multiple_choice", "model": str(model_dir), "dev": str(quiz["dev"]),
-                    "test": str(quiz["test"]), "template": template, "continuation": CONTINUATION,
-                    "dtype": cfg.dtype},
+        "utility": {"type": "multiple_choice", "scoring": cfg.scoring, "model": str(model_dir),
+                    "dev": str(quiz["dev"]), "test": str(quiz["test"]), "template": template,
+                    "continuation": CONTINUATION, "dtype": cfg.dtype},
         "output": {"dir": str(out / "search"), "overwrite": True},
     }
     methods = list(cfg.baselines) + ([{"type": "ensemble", "k": cfg.ensemble_k}] if cfg.ensemble_k else [])
