@@ -173,3 +173,20 @@ def test_demo_rejects_a_bad_model_dir(tmp_path):
                                     "--cache", str(tmp_path / "c")])
     assert res.exit_code != 0
     assert "not a transformers model directory" in res.output
+
+
+def test_shipped_experts_match_the_default_settings():
+    """The shipped pool must be the one the default settings would train, or the demo would silently
+    train (or use experts built with other settings). Its folder name is the settings' key."""
+    from dataclasses import asdict
+
+    from swarmkern.demo.experts import SHIPPED, TASKS_VERSION, ExpertSpec
+
+    folders = [p for p in SHIPPED.iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    meta = json.loads((folders[0] / "meta.json").read_text())
+    assert meta["spec"] == asdict(ExpertSpec()) and meta["tasks_version"] == TASKS_VERSION
+    for name in ExpertSpec().names() + ["init"]:
+        cfg = json.loads((folders[0] / name / "adapter_config.json").read_text())
+        assert cfg["r"] == ExpertSpec().rank and cfg["lora_alpha"] == ExpertSpec().alpha
+        assert not cfg["base_model_name_or_path"].startswith("/")  # no machine path in the package

@@ -53,13 +53,21 @@ class ExpertSpec:
 
     def key(self, model_dir: Path, template: str) -> str:
         """Identity of the pool: base model weights' config, generator version, template, settings."""
-        cfg = hashlib.sha256((Path(model_dir) / "config.json").read_bytes()).hexdigest()
-        blob = json.dumps({"config": cfg, "tasks": TASKS_VERSION, "template": template, **asdict(self)},
-                          sort_keys=True)
+        blob = json.dumps({"model": model_identity(model_dir), "tasks": TASKS_VERSION, "template": template,
+                           **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def names(self) -> list[str]:
         return [f"expert_{k}" for k in range(self.n_experts)]
+
+
+def model_identity(model_dir: Path) -> str:
+    """Hash of the model's config.json without the fields that name the writer, not the model
+    (transformers version, dtype, path): the same model dequantised by another install keeps its key."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    for k in ("transformers_version", "torch_dtype", "dtype", "_name_or_path"):
+        cfg.pop(k, None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
 def mixtures(spec: ExpertSpec) -> list[dict[str, float]]:
