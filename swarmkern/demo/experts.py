@@ -6,7 +6,7 @@ search binds its particles, so what is trained is what is scored. Only the top `
 carry adapters; the hidden states entering them are computed once for the whole training set (the frozen
 layers below never change) and every step runs the top layers only.
 
-What matters for mixing experts later (docs/LESSONS.md): every expert starts from the same LoRA
+What matters for mixing experts later (docs/DEMO.md, "Why these settings"): every expert starts from the same LoRA
 initialisation (A seeded and shared, B = 0) and lora_A trains 16x slower than lora_B (LoRA+), which keeps
 the A factors close together so that tensor-wise mixtures stay near-linear in the weight update.
 """

@@ -37,7 +37,7 @@ class DemoConfig:
     n_dev: int = 200
     n_test: int = 500
     n_holdout: int = 0          # > 0: also write quiz/holdout.jsonl (for choosing settings without test)
-    # swarm (phi_g/phi_w/step: docs/LESSONS.md; the rest are the reference defaults)
+    # swarm (phi_g/phi_w/step: docs/DEMO.md "Why these settings"; the rest are the reference defaults)
     n_particles: int = 12
     max_iters: int = 12
     patience: int = 6
