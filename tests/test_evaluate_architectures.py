@@ -57,6 +57,14 @@ def test_matches_peft_on_other_model_families(tmp_path, family):
         # the particles differ from each other and from the base model: the comparison can fail
         got = ev.logits(rows, seqs[:1])[0]
         assert not torch.allclose(got[0], got[1]) and not torch.allclose(got[0], ev.logits(None, seqs[:1])[0][0])
+        # scoring a few candidate tokens at the last position (LM-head rows only, the last layer's MLP at
+        # that position only, lower layers from the cache on the second call) equals the full logits
+        full = ev.logits(rows, seqs)
+        cands = [[3, 5, 7, 11]] * len(seqs)
+        for _ in range(2):
+            nt = ev.next_token_logits(rows, seqs, cands, micro_batch=6)
+            for i in range(len(seqs)):
+                torch.testing.assert_close(nt[:, i].float(), full[i][:, -1, cands[i]], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "opt", "phi3", "gpt_neox"])
@@ -73,6 +81,11 @@ def test_scoring_and_generation_match_peft_on_other_families(tmp_path, family):
     ev, rows, _ = check_against_peft(tmp_path / "model", dirs)
     req = encode_requests(tok, ["Q: 3+4?\nA:"] * 2 + ["Hi"] * 2, [" 7", " seven", " there", "!"])
     ll = ev.loglikelihood(rows, req, micro_batch=3)
+    hits = ev.layer_cache.hits
+    # again: both passes (context prefill, continuations) now skip the lower layer (cached, placeholders
+    # in the KV cache below the adapted layers), with the same result
+    torch.testing.assert_close(ev.loglikelihood(rows, req, micro_batch=3), ll, rtol=1e-6, atol=1e-6)
+    assert ev.layer_cache.hits > hits
     prompts = [tok(t)["input_ids"] for t in ["Hi", "What is 3+4?", "abc def ghi"]]
     texts = ev.generate(rows, prompts, max_new_tokens=6, micro_batch=4)
     assert sum(len(t) for row in texts for t in row) >= 6 * len(prompts)  # real text, not empty strings

@@ -52,6 +52,8 @@ def test_cached_and_uncached_results_are_equal_and_lower_layers_run_once(setup):
     ref_ev, _, _, _ = _evaluator(setup, 0)
     lowest = _Counter(ev.shared_layers[0][0])
     adapted = _Counter(ev.shared_layers[0][ev.shared_layers[1]])
+    tail_positions = []  # the last layer's MLP runs only at the scored positions
+    ev.tail_mlp.register_forward_hook(lambda m, args, out: tail_positions.append(args[0].shape[0] * args[0].shape[1]))
     ref = ref_ev.next_token_logits(rows, ctxs, cands, micro_batch=6)  # 3 particles x 2 examples per pass
     ref_logits = ref_ev.logits(rows, ctxs[:3], micro_batch=6)
     first = None
@@ -63,6 +65,7 @@ def test_cached_and_uncached_results_are_equal_and_lower_layers_run_once(setup):
             assert first == len(ctxs)  # each example through the lower layers once (shared by the particles)
     assert lowest.rows == first  # later calls: served from the cache, the lower layers never ran
     assert adapted.rows == 3 * rows.shape[0] * len(ctxs)  # the adapted layers ran every call for every particle
+    assert sum(tail_positions) == 3 * rows.shape[0] * len(ctxs)  # one position per context and particle
     assert ev.layer_cache.hits == 2 * 3 and len(ev.layer_cache) == 3
     for a, b in zip(ev.logits(rows, ctxs[:3], micro_batch=6), ref_logits):  # the whole-sequence path too
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -289,6 +289,18 @@ def test_evaluator_is_shared_across_utilities(pool, setup):
     assert particle_evaluator(pool) is particle_evaluator(pool)  # one model load per process
 
 
+def test_cleared_evaluators_give_their_model_back_unpatched(pool, setup):
+    from swarmkern.evaluate.lora import BatchedLoraLinear
+    from swarmkern.utilities.common import clear_evaluators
+
+    spec = {"type": "multiple_choice", "dev": str(setup.data["mc_dev"]), "dtype": "float32"}
+    before = build_utility(spec, pool).dev(pool.weights)
+    model = particle_evaluator(pool, dtype="float32").model
+    clear_evaluators()
+    assert not any(isinstance(m, BatchedLoraLinear) for m in model.modules())
+    torch.testing.assert_close(build_utility(spec, pool).dev(pool.weights), before)  # a new evaluator, same model
+
+
 def test_full_weight_pool_through_a_utility(setup, tmp_path):
     """Full-weight experts (model tensors in .safetensors) are scored with functional_call."""
     from safetensors.torch import save_file

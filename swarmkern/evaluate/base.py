@@ -141,6 +141,7 @@ class ParticleEvaluator:
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
         self.layer_cache = LowerLayerCache()  # lower layers' outputs across calls (layer_cache.py)
+        self.tail_mlp = _last_layer_mlp(model)  # computed only where something is scored (_trimmed_tail)
         self._lower_tuple_len: int | None | str = "unknown"  # what a lower layer returns (for SkipLayer)
 
     # -- binding -----------------------------------------------------------------------------
@@ -229,22 +230,34 @@ class ParticleEvaluator:
         ids0, mask0 = self._left_padded(ctxs)
         cache = DynamicCache(config=self.model.config)
         shared = self._sharing(pb)
+        own = torch.tensor(owner, device=dev)
+        multi = max(len(k) for k in conts) > 1
+        if multi:
+            kid, kmask, Tk = self._right_padded(conts)
+            full_mask = torch.cat([mask0.index_select(0, own), kmask], 1)
+        # both passes are served from the lower-layer cache, or neither (the KV cache must be all real
+        # or all placeholders below the adapted layers); a continuation row's key includes its context
+        key_ctx = self._lower_key(ids0, mask0, shared or pb == 1)
+        key_cont = (self._lower_key(torch.cat([ids0.index_select(0, own), kid], 1), full_mask, shared or pb == 1)
+                    if multi and key_ctx is not None else None)
+        hit_ctx, hit_cont = self._lower_hit(key_ctx), self._lower_hit(key_cont)
+        if hit_ctx is None or (multi and hit_cont is None):
+            hit_ctx = hit_cont = None
         ids, mask = (ids0, mask0) if shared or pb == 1 else (ids0.repeat(pb, 1), mask0.repeat(pb, 1))
-        with self._expanding(n_q if shared else None, pb):
+        tail = torch.arange(ids.shape[0] if not shared else pb * n_q, device=dev) * ids.shape[1] + ids.shape[1] - 1
+        with self._expanding(n_q if shared else None, pb), self._lower_cached(key_ctx, hit_ctx), \
+                self._trimmed_tail(tail, pb):  # only the last position's logits are used
             last = self._call(rows, input_ids=ids, attention_mask=mask,
                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache, select=None)
-        own = torch.tensor(owner, device=dev)
         row_of = (torch.arange(pb, device=dev)[:, None] * n_q + own[None]).reshape(-1)  # [pb * n_e]
         first = torch.tensor([k[0] for k in conts], device=dev).repeat(pb)
         total = torch.log_softmax(last, -1)[row_of].gather(1, first[:, None])[:, 0].double()
-        if max(len(k) for k in conts) > 1:
+        if multi:
             # every continuation row gets its own copy of its context's cached keys and values
             lower = self.shared_layers[1] if shared else 0
             for l, layer in enumerate(cache.layers):
                 idx = own if l < lower else row_of
                 layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
-            kid, kmask, Tk = self._right_padded(conts)
-            full_mask = torch.cat([mask0.index_select(0, own), kmask], 1)
             pos = mask0.sum(1).index_select(0, own)[:, None] + torch.arange(Tk, device=dev)[None]
             flat, tgt, seg = [], [], []
             for e, k in enumerate(conts):  # position j predicts token j+1; token 0 came from the context
@@ -255,7 +268,8 @@ class ParticleEvaluator:
             sel = (torch.arange(pb, device=dev)[:, None] * (n_e * Tk) + flat_t[None]).reshape(-1)
             if not shared and pb > 1:
                 kid, full_mask, pos = kid.repeat(pb, 1), full_mask.repeat(pb, 1), pos.repeat(pb, 1)
-            with self._expanding(n_e if shared else None, pb):
+            with self._expanding(n_e if shared else None, pb), self._lower_cached(key_cont, hit_cont), \
+                    self._trimmed_tail(sel, pb):
                 logits = self._call(rows, input_ids=kid, attention_mask=full_mask, position_ids=pos,
                                     cache=cache, select=sel)
             logp = torch.log_softmax(logits, -1).gather(1, tgt_t.repeat(pb)[:, None])[:, 0].double()
@@ -296,22 +310,66 @@ class ParticleEvaluator:
         if not shared and pb > 1:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        cached = self._lower_cached(ids, mask) if shared or pb == 1 else contextlib.nullcontext()
-        with self._expanding(n if shared else None, pb), cached:
+        key = self._lower_key(ids, mask, shared or pb == 1)
+        with self._expanding(n if shared else None, pb), self._lower_cached(key, self._lower_hit(key)), \
+                self._trimmed_tail(sel, pb):
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
                               cache=None, select=sel, tokens=tokens)
 
     @contextlib.contextmanager
-    def _lower_cached(self, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
-        """Serve the layers below the first adapted one from the cross-call cache for this batch of
-        examples [n, T] (they are then skipped), or record their output on a miss. Off (a no-op) when
-        nothing is shared below the adapted layers or the cache limit is 0."""
-        if self.shared_layers is None or self.shared_layers[1] == 0 or self.layer_cache.limit_bytes <= 0:
+    def _trimmed_tail(self, sel: torch.Tensor, pb: int) -> Iterator[None]:
+        """Run the last decoder layer's MLP only at the flat positions `sel` (particle-major indices into
+        the last layer's [B*T] rows): nothing else reads that layer's output, and an MLP is position-wise,
+        so the other positions get zeros instead of values nobody uses. The MLP is most of a layer's
+        arithmetic, so this saves most of one layer per pass."""
+        if self.tail_mlp is None:
+            yield
+            return
+        shape: list = []
+
+        def pick(module, args):
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] * x.shape[1] <= int(sel.max()):
+                return None
+            shape[:] = [x.shape]
+            return (x.reshape(-1, x.shape[-1]).index_select(0, sel).view(pb, -1, x.shape[-1]), *args[1:])
+
+        def spread(module, args, out):
+            if not shape:
+                return None
+            (B, T, _), y = shape.pop(), out
+            full = y.new_zeros(B * T, y.shape[-1]).index_copy_(0, sel, y.reshape(-1, y.shape[-1]))
+            return full.view(B, T, -1)
+        handles = [self.tail_mlp.register_forward_pre_hook(pick), self.tail_mlp.register_forward_hook(spread)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _lower_key(self, ids: torch.Tensor, mask: torch.Tensor, per_example: bool) -> bytes | None:
+        """The cross-call cache key of a batch [n, T] whose lower layers see one row per example
+        (per_example), or None when the cache is off: nothing is shared below the adapted layers, the
+        limit is 0, or rows are repeated per particle (share_prefix off)."""
+        if (not per_example or self.shared_layers is None or self.shared_layers[1] == 0
+                or self.layer_cache.limit_bytes <= 0):
+            return None
+        return self.layer_cache.key(ids, mask)
+
+    def _lower_hit(self, key: bytes | None) -> torch.Tensor | None:
+        if key is None or self._lower_tuple_len == "unknown":
+            return None
+        return self.layer_cache.get(key)
+
+    @contextlib.contextmanager
+    def _lower_cached(self, key: bytes | None, hit: torch.Tensor | None) -> Iterator[None]:
+        """With a cached `hit` for this batch: the layers below the first adapted one are skipped (SkipLayer)
+        and the first adapted layer gets the cached hidden states. Without: the batch runs normally and
+        its states entering the first adapted layer are recorded under `key` (None: neither)."""
+        if key is None:
             yield
             return
         layers, first = self.shared_layers
-        key = self.layer_cache.key(ids, mask)
-        hit = self.layer_cache.get(key) if self._lower_tuple_len != "unknown" else None
         handles = []
         if hit is None:
             def record(module, args, kwargs):
@@ -334,7 +392,7 @@ class ParticleEvaluator:
             return args, {**kwargs, "hidden_states": hit}
         originals = [layers[i] for i in range(first)]
         for i, layer in enumerate(originals):
-            layers[i] = SkipLayer(layer, self._lower_tuple_len)
+            layers[i] = SkipLayer(layer, i, self._lower_tuple_len)
         handles.append(layers[first].register_forward_pre_hook(serve, with_kwargs=True, prepend=True))
         try:
             yield
@@ -364,19 +422,24 @@ class ParticleEvaluator:
             cand[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
             pad[i, :len(c)] = False
         out = torch.empty(P, N, K, dtype=torch.float64)
-        order = sorted(range(N), key=lambda i: len(contexts[i]))  # similar lengths share a batch
-        for p0, p1 in self._particle_chunks(P, micro_batch):
-            pb = p1 - p0
-            sub = None if rows is None else rows[p0:p1]
-            n = max(1, micro_batch // pb)
-            with self._bound(sub):
-                for s in range(0, N, n):
-                    idx = order[s:s + n]
-                    ids, mask, T = self._right_padded([list(contexts[i]) for i in idx])
-                    last = torch.tensor([j * T + len(contexts[i]) - 1 for j, i in enumerate(idx)], device=self.device)
-                    lg = self._forward_selected(sub, pb, ids, mask, last, cand[idx].to(self.device))
-                    out[p0:p1, idx] = lg.view(pb, len(idx), K).double().cpu()
+        for p0, p1, sub, idx in self._length_batches(rows, [len(c) for c in contexts], micro_batch):
+            ids, mask, T = self._right_padded([list(contexts[i]) for i in idx])
+            last = torch.tensor([j * T + len(contexts[i]) - 1 for j, i in enumerate(idx)], device=self.device)
+            lg = self._forward_selected(sub, p1 - p0, ids, mask, last, cand[idx].to(self.device))
+            out[p0:p1, idx] = lg.view(p1 - p0, len(idx), K).double().cpu()
         return out.masked_fill_(pad[None], -torch.inf)
+
+    def _length_batches(self, rows: torch.Tensor | None, lengths: Sequence[int], micro_batch: int):
+        """Yield (p0, p1, rows[p0:p1], item indices) with those rows bound: particle chunks times batches
+        of about micro_batch / (p1 - p0) items, items of similar length together (less padding)."""
+        P = 1 if rows is None else rows.shape[0]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        for p0, p1 in self._particle_chunks(P, micro_batch):
+            sub = None if rows is None else rows[p0:p1]
+            n = max(1, micro_batch // (p1 - p0))
+            with self._bound(sub):
+                for s in range(0, len(order), n):
+                    yield p0, p1, sub, order[s:s + n]
 
     def _loglik_batch(self, rows, pb: int, seqs: list[list[int]], n_cont: list[int]) -> torch.Tensor:
         ids, mask, T = self._right_padded(seqs)
@@ -427,18 +490,11 @@ class ParticleEvaluator:
         P = 1 if rows is None else rows.shape[0]
         E = len(prompts)
         out: list[list[str]] = [[""] * E for _ in range(P)]
-        order = sorted(range(E), key=lambda e: len(prompts[e]))
-        for p0, p1 in self._particle_chunks(P, micro_batch):
-            pb = p1 - p0
-            sub = None if rows is None else rows[p0:p1]
-            n = max(1, micro_batch // pb)
-            with self._bound(sub):
-                for s in range(0, E, n):
-                    idx = order[s:s + n]
-                    texts = self._generate_batch(sub, pb, [list(prompts[e]) for e in idx], max_new_tokens, stop)
-                    for p in range(pb):
-                        for j, e in enumerate(idx):
-                            out[p0 + p][e] = texts[p * len(idx) + j]
+        for p0, p1, sub, idx in self._length_batches(rows, [len(p) for p in prompts], micro_batch):
+            texts = self._generate_batch(sub, p1 - p0, [list(prompts[e]) for e in idx], max_new_tokens, stop)
+            for p in range(p1 - p0):
+                for j, e in enumerate(idx):
+                    out[p0 + p][e] = texts[p * len(idx) + j]
         return out
 
     def _generate_batch(self, rows, pb: int, prompts: list[list[int]], max_new: int,
@@ -523,6 +579,21 @@ class ParticleEvaluator:
         finally:
             self._expand = None
             self._memo = {}
+
+
+def _last_layer_mlp(model: nn.Module) -> nn.Module | None:
+    """The MLP (`mlp` submodule: position-wise, [B, T, H] -> [B, T, H]) of the decoder's last layer, or
+    None when the decoder has no layer list of config.num_hidden_layers layers with one."""
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None
+    n = getattr(model.config, "num_hidden_layers", None)
+    for mod in decoder.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n:
+            mlp = getattr(mod[-1], "mlp", None)
+            return mlp if isinstance(mlp, nn.Module) else None
+    return None
 
 
 def _as_list(x) -> list[int]:

@@ -78,17 +78,27 @@ class LowerLayerCache:
 
 
 class SkipLayer(nn.Module):
-    """Stands in for a lower decoder layer while cached states are served: returns its input hidden
-    states unchanged (as a tensor, or a tuple of `tuple_len` like the layer returned). Attributes the
-    decoder reads from its layers (e.g. an attention type) come from the real layer."""
+    """Stands in for lower decoder layer `layer_idx` while cached states are served: returns its input
+    hidden states unchanged (as a tensor, or a tuple of `tuple_len` like the layer returned). Given a KV
+    cache it appends a placeholder of one [B, 1, T, 1] zero per step, so the cache's length (which the
+    decoder reads from its first layer to build masks and positions) stays right; the upper layers'
+    entries are real. Attributes the decoder reads from its layers come from the real layer."""
 
-    def __init__(self, layer: nn.Module, tuple_len: int | None):
+    def __init__(self, layer: nn.Module, layer_idx: int, tuple_len: int | None):
         super().__init__()
         object.__setattr__(self, "_layer", layer)  # not a submodule: no parameters are registered twice
+        self.layer_idx = layer_idx
         self._tuple_len = tuple_len
 
     def forward(self, *args, **kwargs):
+        from transformers.cache_utils import Cache
+
         h = args[0] if args else kwargs["hidden_states"]
+        for v in (*args[1:], *kwargs.values()):
+            if isinstance(v, Cache):
+                placeholder = h.new_zeros(h.shape[0], 1, h.shape[1], 1)
+                v.update(placeholder, placeholder, self.layer_idx)
+                break
         return h if self._tuple_len is None else (h,) + (None,) * (self._tuple_len - 1)
 
     def __getattr__(self, name: str):

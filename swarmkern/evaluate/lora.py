@@ -177,8 +177,11 @@ class BatchedLoraLinear(nn.Module):
         if a.dtype != h.dtype:  # bf16 compute: casting the small factors is the only copy
             a, b = a.to(h.dtype), b.to(h.dtype)
         x = h.reshape(pb, -1, h.shape[-1])
-        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + (delta * self.target.scale).view(out.shape)
+        # out += scale * (x A^T) B^T in place, one pass over `out` (an add and a scale each cost another;
+        # in place is safe for autograd: the linear's backward does not need its output)
+        out.view(pb, -1, out.shape[-1]).baddbmm_(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2),
+                                                 alpha=self.target.scale)
+        return out
 
 
 class LoraEvaluator(ParticleEvaluator):

@@ -186,7 +186,13 @@ def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str 
 
 
 def clear_evaluators() -> None:
-    """Forget cached evaluators (tests)."""
+    """Forget cached evaluators (tests, benchmarks); LoRA evaluators give their model back unpatched,
+    so the cached model can serve a new evaluator."""
+    from swarmkern.evaluate import LoraEvaluator
+
+    for ev in _EVALUATORS.values():
+        if isinstance(ev, LoraEvaluator):
+            ev.unpatch()
     _EVALUATORS.clear()
 
 
