@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
+# the test tools, Triton and lm-eval come with `scripts/setup.sh --dev` (plain setup.sh leaves them out)
+python -c "import pytest, pytest_benchmark, triton, lm_eval" 2>/dev/null || scripts/setup.sh --dev
 export OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q tests --ignore=tests/triton "$@"
 if [ -d tests/triton ]; then

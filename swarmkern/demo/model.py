@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 SMOLLM2_DIR = "smollm2-135m-instruct"
@@ -52,8 +53,11 @@ def smollm2_dir(cache: str | os.PathLike | None = None, echo=print) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = _smollm2_gguf()
-    echo(f"dequantising {gguf.name} into {final} (once) ...")
+    echo(f"dequantising {gguf.name} into {final} (once; about 25 s of CPU) ...")
+    t0 = time.perf_counter()
+    echo("  1/3 reading the tokenizer from the GGUF ...")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    echo(f"  2/3 dequantising the weights ({time.perf_counter() - t0:.0f} s so far) ...")
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained otherwise
@@ -62,6 +66,7 @@ def smollm2_dir(cache: str | os.PathLike | None = None, echo=print) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"{gguf}: unexpected weights in the GGUF model (missing {missing}, unexpected {unexpected})")
+    echo(f"  3/3 saving the fp32 model ({time.perf_counter() - t0:.0f} s so far) ...")
     model.tie_weights()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
