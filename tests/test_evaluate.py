@@ -201,7 +201,7 @@ def test_full_weight_particles_match_loaded_models(setup, tmp_path):
             assert gen[k][e] == tok.decode(out[0, len(p):], skip_special_tokens=True)
     # the bound parameters are views of the particle row, not copies
     rows = pool.weights
-    with ev._bind(rows[:1]):
+    with ev.bind(rows[:1]):
         ptr = next(iter(ev._params.values())).untyped_storage().data_ptr()
     assert ptr == rows.untyped_storage().data_ptr()
 

@@ -22,10 +22,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_production_code_does_not_import_the_test_fixtures():
-    # swarmkern/demo is rewritten on its own branch; its --tiny model comes from swarmkern.tiny there
     offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                       if p.name != "testing.py" and "demo" not in p.relative_to(PACKAGE).parts
-                       and "swarmkern.testing" in _imported_modules(p))
+                       if p.name != "testing.py" and "swarmkern.testing" in _imported_modules(p))
     assert offenders == []
 
 

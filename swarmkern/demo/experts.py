@@ -225,7 +225,7 @@ def train_expert(evaluator, data: TrainSet, weights: torch.Tensor, init: dict[st
             local = torch.searchsorted(idx, data.label_row[pick])  # rows of a repeated question: its first copy
             row = torch.cat([params[n].reshape(-1) for n in layout.names]).unsqueeze(0)
             # the evaluator's binding hook (how the search routes its particle rows), with a trainable row
-            with evaluator._bind(row):
+            with evaluator.bind(row):
                 hidden = dec(inputs_embeds=data.h[idx, :int(data.lengths[idx].max())]).last_hidden_state
                 logits = head(hidden[local, data.label_pos[pick]]).float()
             loss = torch.nn.functional.cross_entropy(logits, data.label_tok[pick])

@@ -80,8 +80,8 @@ def smollm2_dir(cache: str | os.PathLike | None = None, echo=print) -> Path:
 
 
 def tiny_dir(cache: str | os.PathLike | None = None) -> Path:
-    """A tiny random Llama with a character tokenizer (swarmkern.testing), cached."""
-    from swarmkern.testing import build_tiny_causal_lm
+    """A tiny random Llama with a character tokenizer (swarmkern.tiny), cached."""
+    from swarmkern.tiny import build_tiny_causal_lm
 
     final = cache_root(cache) / TINY_DIR
     if (final / "config.json").is_file():

@@ -10,7 +10,7 @@ Two primitives serve every utility:
 - `generate(rows, prompts, ...)`: greedy decoding with the KV cache, stop strings and EOS.
 
 Memory is bounded by `micro_batch` (rows of one forward pass = particles x examples). Subclasses say
-how to bind particle rows (`_bind`) and may share the layers below the first adapted layer across
+how to bind particle rows (`bind`) and may share the layers below the first adapted layer across
 particles (`shared_layers`): those run once on the n examples, then a pre-hook on the first adapted
 layer repeats the hidden states (and the per-example masks / rotary tables) for each particle.
 """
@@ -120,7 +120,7 @@ class ParticleEvaluator:
     """Base class: evaluates a causal LM under Pb particle rows at a time (or under no particle:
     rows=None runs the plain model, e.g. for an LLM judge).
 
-    Subclasses implement `_bind(rows)` (a context manager routing batch rows to particles) and may set
+    Subclasses implement `bind(rows)` (a context manager routing batch rows to particles) and may set
     `shared_layers` = (ModuleList, first adapted index) to share the layers below across particles,
     and `max_particles` (1 for full-weight particles).
     """
@@ -150,7 +150,7 @@ class ParticleEvaluator:
         return next(self.model.parameters()).device
 
     @contextlib.contextmanager
-    def _bind(self, rows: torch.Tensor) -> Iterator[None]:  # pragma: no cover - abstract
+    def bind(self, rows: torch.Tensor) -> Iterator[None]:  # pragma: no cover - abstract
         raise NotImplementedError
         yield
 
@@ -565,7 +565,7 @@ class ParticleEvaluator:
             return
         if rows.device != self.device:
             rows = rows.to(self.device)
-        with self._bind(rows):
+        with self.bind(rows):
             yield
 
     @contextlib.contextmanager
@@ -612,7 +612,7 @@ class PlainEvaluator(ParticleEvaluator):
     """The model itself, with no particles (e.g. an LLM judge): call with rows=None."""
 
     @contextlib.contextmanager
-    def _bind(self, rows: torch.Tensor) -> Iterator[None]:
+    def bind(self, rows: torch.Tensor) -> Iterator[None]:
         raise ValueError("PlainEvaluator runs the unadapted model: pass rows=None")
         yield
 

@@ -44,7 +44,7 @@ class FullWeightEvaluator(ParticleEvaluator):
         self._params: dict[str, torch.Tensor] | None = None
 
     @contextlib.contextmanager
-    def _bind(self, rows: torch.Tensor) -> Iterator[None]:
+    def bind(self, rows: torch.Tensor) -> Iterator[None]:
         if rows.dim() != 2 or rows.shape[0] != 1 or rows.shape[1] != self.layout.numel:
             raise ValueError(f"full-weight particles are bound one at a time as [1, {self.layout.numel}], "
                              f"got {list(rows.shape)}")

@@ -223,7 +223,7 @@ class LoraEvaluator(ParticleEvaluator):
         self.shared_layers = _first_adapted_layer(model, [t.module for t in self.targets])
 
     @contextlib.contextmanager
-    def _bind(self, rows: torch.Tensor) -> Iterator[None]:
+    def bind(self, rows: torch.Tensor) -> Iterator[None]:
         if rows.dim() != 2 or rows.shape[1] != self.layout.numel:
             raise ValueError(f"particles must be [P, {self.layout.numel}], got {list(rows.shape)}")
         self._binding.rows = rows
