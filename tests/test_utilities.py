@@ -317,3 +317,25 @@ def test_full_weight_pool_through_a_utility(setup, tmp_path):
     scores = built.dev(rows)
     # each particle alone (a [1, D] call) gives the same score as the batch
     assert [float(built.dev(rows[k:k + 1])[0]) for k in range(2)] == scores.tolist()
+
+
+def test_full_weight_and_lora_evaluators_never_share_a_patched_model(setup, pool, tmp_path):
+    """A LoRA evaluator patches its model's layers in place; a full-weight evaluator built on the same
+    model directory before it must keep scoring the model it had (and the other way round)."""
+    from swarmkern.testing import write_full_weight_experts
+    from swarmkern.utilities.common import clear_evaluators
+
+    clear_evaluators()
+    full_pool = load_experts(write_full_weight_experts(setup.model_dir, tmp_path, 2, only="layers.2."))
+    spec = {"type": "multiple_choice", "dev": str(setup.data["mc_dev"]), "model": str(setup.model_dir),
+            "dtype": "float32"}
+    full = build_utility(spec, full_pool).dev
+    before = full(full_pool.weights)
+    lora_ev = particle_evaluator(pool, model=str(setup.model_dir), dtype="float32")
+    full_ev = particle_evaluator(full_pool, model=str(setup.model_dir), dtype="float32")
+    assert lora_ev.model is not full_ev.model
+    torch.testing.assert_close(full(full_pool.weights), before)
+    lora_scores = build_utility({**spec, "model": str(setup.model_dir)}, pool).dev(pool.weights)
+    assert lora_scores.shape == (len(pool),)
+    torch.testing.assert_close(full(full_pool.weights), before)
+    clear_evaluators()

@@ -62,14 +62,14 @@ def load_tokenizer(path: str | os.PathLike):
     return _CACHE[key]
 
 
-def _load(kind: str, cls_name: str, path, dtype, device):
+def _load(kind: str, cls_name: str, path, dtype, device, private: bool = False):
     import transformers
 
     p = _local_dir(path, kind)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     key = (kind, str(p), dtype, str(device))
-    if key not in _CACHE:
+    if private or key not in _CACHE:
         cls = getattr(transformers, cls_name)
         try:
             model = cls.from_pretrained(str(p), dtype=dtype, local_files_only=True)
@@ -77,15 +77,18 @@ def _load(kind: str, cls_name: str, path, dtype, device):
             raise ModelLoadError(f"{kind}: cannot load {cls_name} from {p}: {err}") from None
         model.to(device).eval()
         model.requires_grad_(False)
+        if private:
+            return model
         _CACHE[key] = model
     return _CACHE[key]
 
 
 def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
-                   device: str | torch.device = "auto"):
+                   device: str | torch.device = "auto", private: bool = False):
     """An AutoModelForCausalLM from a local directory, in `dtype` ("auto": bf16 where the device computes
-    it natively, else fp32) on `device` (cached per process)."""
-    return _load("model", "AutoModelForCausalLM", path, dtype, device)
+    it natively, else fp32) on `device` (cached per process). private=True: a fresh copy that is neither
+    taken from nor put in the cache (for a caller that modifies the model, e.g. patches its layers)."""
+    return _load("model", "AutoModelForCausalLM", path, dtype, device, private)
 
 
 def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",

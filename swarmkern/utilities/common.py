@@ -131,7 +131,7 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
-    from swarmkern.evaluate.models import _CACHE, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
     kind = getattr(pool, "kind", None)
     if kind not in ("peft", "safetensors", "tensors") or not hasattr(pool, "layout"):
@@ -154,10 +154,10 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         return ev
     tok = load_tokenizer(tok_dir)
     lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
-    if any(isinstance(e, LoraEvaluator) and e.model is lm for e in _EVALUATORS.values()):
-        # the cached model is patched for another adapter layout: this evaluator gets its own copy
-        _CACHE.pop(("model", model_dir, lm.dtype, dev), None)
-        lm = load_causal_lm(model_dir, dtype=dtype, device=dev)
+    if any(e.model is lm and (kind == "peft" or isinstance(e, LoraEvaluator)) for e in _EVALUATORS.values()):
+        # a LoRA evaluator patches its model's layers in place: it never shares a model another evaluator
+        # uses (nor lends its patched model to one), so this evaluator gets a private copy
+        lm = load_causal_lm(model_dir, dtype=dtype, device=dev, private=True)
     if kind == "peft":
         ev = LoraEvaluator(lm, tok, pool.layout, pool.adapter_config or {}, share_prefix=share_prefix)
     else:
