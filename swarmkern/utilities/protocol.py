@@ -74,29 +74,31 @@ class ClassScores(Predictions):
         return ClassScores(self.scores[rows])
 
 
+class _PerParticleLists(Predictions):
+    """Predictions held as one list per particle (the first dataclass field)."""
+
+    def _rows(self) -> list:
+        return getattr(self, next(iter(self.__dataclass_fields__)))
+
+    def __len__(self) -> int:
+        return len(self._rows())
+
+    def take(self, rows: list[int]) -> "_PerParticleLists":
+        every = self._rows()
+        return type(self)([every[r] for r in rows])
+
+
 @dataclass(frozen=True)
-class Answers(Predictions):
+class Answers(_PerParticleLists):
     """answers[b][n]: particle b's discrete answer to example n (a parsed letter, a normalised string);
     None where it gave none."""
     answers: list[list[Hashable | None]]
 
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    def take(self, rows: list[int]) -> "Answers":
-        return Answers([self.answers[r] for r in rows])
-
 
 @dataclass(frozen=True)
-class Responses(Predictions):
+class Responses(_PerParticleLists):
     """texts[b][n]: particle b's free-text response to prompt n."""
     texts: list[list[str]]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, rows: list[int]) -> "Responses":
-        return Responses([self.texts[r] for r in rows])
 
 
 @dataclass(frozen=True)
