@@ -1,22 +1,19 @@
 """`swarmkern compare CONFIG.yaml`: the swarm and the composition baselines side by side."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
+from .options import config_file_options, overwrite_option
+
 
 @click.command("compare")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field, e.g. --set compare.budget=50 (repeatable; value parsed as YAML).")
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory (output.dir).")
+@config_file_options("compare.budget=50", config_required=False)
 @click.option("--seed", type=int, default=None, help="swarm.seed (also the baselines' seed unless compare.seed)")
 @click.option("--max-iters", type=int, default=None, help="swarm.max_iters")
 @click.option("--methods", default=None, help="Comma-separated method names (replaces compare.methods).")
 @click.option("--no-swarm", is_flag=True, default=False, help="Run only the baselines (compare.swarm=false).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous compare run in the output directory.")
+@overwrite_option("compare run")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide the swarm's progress bar.")
 @click.option("--list-methods", is_flag=True, default=False, help="List the available methods and exit.")
 def compare_cmd(config, overrides, output_dir, seed, max_iters, methods, no_swarm, overwrite, no_progress,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import config_file_options, overwrite_option
+
 
 def _report(result) -> None:
     s = result.summary
@@ -34,17 +36,13 @@ def _interrupted(output_dir) -> None:
 
 
 @click.command("search")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field, e.g. --set swarm.max_iters=5 (repeatable; value parsed as YAML).")
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory (output.dir).")
+@config_file_options("swarm.max_iters=5")
 @click.option("--seed", type=int, default=None, help="swarm.seed")
 @click.option("--max-iters", type=int, default=None, help="swarm.max_iters")
 @click.option("--n-particles", type=int, default=None, help="swarm.n_particles")
 @click.option("--device", default=None, help="swarm.device (cpu, cuda, cuda:1, ...)")
 @click.option("--backend", default=None, help="swarm.backend (kernel backend)")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous run in the output directory.")
+@overwrite_option("run")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @click.option("--resume-if-exists", is_flag=True, default=False,
               help="Resume the run in the output directory when it holds a checkpoint (same config), else start. "

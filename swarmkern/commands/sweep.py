@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import config_file_options, overwrite_option
+
 from .search import _fail, _interrupted
 
 
@@ -47,12 +49,8 @@ def _same_run(config, out: Path) -> None:
 
 
 @click.command("sweep")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field, e.g. --set sweep.n=16 (repeatable; value parsed as YAML).")
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory (output.dir).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a previous sweep in the output directory.")
+@config_file_options("sweep.n=16")
+@overwrite_option("sweep")
 @click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @click.option("--resume-if-exists", is_flag=True, default=False,
               help="Continue the sweep in the output directory when there is one (same config), else start.")
