@@ -25,6 +25,14 @@ def _report(result) -> None:
         click.echo(line)
 
 
+def _print_result(result, as_json: bool, report=None) -> None:
+    """The run's summary as JSON, or a short report (`report(result)`, default: a search's)."""
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+    else:
+        (report or _report)(result)
+
+
 def _fail(err: Exception) -> None:
     raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
 
@@ -69,10 +77,7 @@ def search_cmd(config, overrides, output_dir, seed, max_iters, n_particles, devi
         _interrupted(cfg.output.dir if cfg is not None else None)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    if as_json:
-        click.echo(json.dumps(result.summary, indent=2))
-    else:
-        _report(result)
+    _print_result(result, as_json)
 
 
 @click.command("resume")
@@ -92,10 +97,7 @@ def resume_cmd(output_dir, as_json):
         _interrupted(output_dir)
     if result is None:
         return
-    if as_json:
-        click.echo(json.dumps(result.summary, indent=2))
-    else:
-        _report(result)
+    _print_result(result, as_json)
 
 
 def register(group: click.Group) -> None:

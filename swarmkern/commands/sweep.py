@@ -1,14 +1,13 @@
 """`swarmkern sweep CONFIG.yaml`: the configurations of the config's `sweep:` section, in lockstep."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from .options import config_file_options, overwrite_option
 
-from .search import _fail, _interrupted
+from .search import _fail, _interrupted, _print_result
 
 
 def _report(result) -> None:
@@ -88,10 +87,7 @@ def sweep_cmd(config, overrides, output_dir, overwrite, no_progress, resume_if_e
             click.echo(f"interrupted; continue with: swarmkern sweep {config} --resume-if-exists", err=True)
             raise SystemExit(130)
         _interrupted(None)
-    if as_json:
-        click.echo(json.dumps(result.summary, indent=2))
-    else:
-        _report(result)
+    _print_result(result, as_json, _report)
 
 
 def register(group: click.Group) -> None:
