@@ -147,3 +147,15 @@ def test_a_new_run_does_not_inherit_stale_mapped_files(tmp_path):
     assert (tmp_path / "run" / BUFFERS_DIR / "v-rank0.bin").stat().st_size == 9 * 30 * 4
     again = Swarm(cfg, a, neg_rastrigin, output_dir=tmp_path / "run").run()
     assert torch.equal(again.best, alone.best) and again.summary["best_dev_utility"] == alone.summary["best_dev_utility"]
+
+
+def test_checkpoint_every_of_earlier_versions_still_reads():
+    """Configs written for earlier versions keep working: checkpoint_every N -> snapshot_every N, 0 -> off."""
+    from swarmkern.swarm import SwarmConfig
+
+    assert SwarmConfig(checkpoint_every=3).snapshot_every == 3 and SwarmConfig(checkpoint_every=3).checkpoint
+    assert SwarmConfig(checkpoint_every=0).checkpoint is False
+    with pytest.raises(ValueError, match="checkpoint_every: give either"):
+        SwarmConfig(checkpoint_every=2, snapshot_every=4)
+    with pytest.raises(ValueError, match="checkpoint_every: expected an integer"):
+        SwarmConfig(checkpoint_every=-1)

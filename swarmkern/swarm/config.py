@@ -126,6 +126,18 @@ class SwarmConfig(BaseModel):
     def _classic_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("update") == "classic":
             data = {**_CLASSIC_DEFAULTS, **data}
+        if isinstance(data, dict) and "checkpoint_every" in data:
+            # the field of earlier versions (a full checkpoint every N iterations; 0: none): checkpoints are
+            # now an O(P) journal record per iteration plus snapshots, so N becomes the snapshot interval
+            data = dict(data)
+            every = data.pop("checkpoint_every")
+            if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+                raise ValueError(f"checkpoint_every: expected an integer >= 0, got {every!r} "
+                                 "(replaced by checkpoint / snapshot_every)")
+            for new in ("checkpoint", "snapshot_every"):
+                if new in data:
+                    raise ValueError(f"checkpoint_every: give either it (earlier versions) or {new}, not both")
+            data.update({"checkpoint": False} if every == 0 else {"snapshot_every": every})
         return data
 
     @model_validator(mode="after")
