@@ -14,25 +14,13 @@ from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from swarmkern.evaluate.models import load_tokenizer  # noqa: E402
-from swarmkern.flat import load_experts  # noqa: E402
 from swarmkern.utilities import ClassScores, build_utility  # noqa: E402
 from swarmkern.utilities.common import particle_evaluator  # noqa: E402
-from swarmkern.testing import cached_tiny_setup  # noqa: E402
 
 QUESTIONS = [("Which animal barks?", ["cat", "dog", "ant"], 1),
              ("What is 9+6?", ["12", "15", "17"], 1),      # choices share " 1": scored at the next token
              ("Pick a colour.", ["red", "blue"], 0),
              ("What is 3+4?", ["7", "8", "9", "5"], 0)]
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return cached_tiny_setup(judge=False, reward=False)
-
-
-@pytest.fixture(scope="module")
-def pool(setup):
-    return load_experts(setup.expert_dirs)
 
 
 def _data(tmp_path, questions=QUESTIONS):

@@ -13,8 +13,6 @@ import yaml
 pytest.importorskip("peft")
 pytest.importorskip("lm_eval")
 
-from swarmkern.flat import load_experts  # noqa: E402
-from swarmkern.testing import cached_tiny_setup  # noqa: E402
 from swarmkern.utilities import build_utility, parse_utility_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,16 +22,6 @@ TASKS = REPO / "tests" / "data" / "lm_eval"
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)  # the task files name their data relative to the repository root
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return cached_tiny_setup(reward=False, judge=False)
-
-
-@pytest.fixture(scope="module")
-def pool(setup):
-    return load_experts(setup.expert_dirs)
 
 
 def spec(**kw):
