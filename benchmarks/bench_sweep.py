@@ -1,11 +1,11 @@
 """A sweep of S configurations in lockstep against the same S searches run one after another.
 
     python benchmarks/bench_sweep.py                                   # tiny model pool; writes benchmarks/results/sweep_cpu.md
-    python benchmarks/bench_sweep.py --demo CACHE/experts/KEY --out benchmarks/results/sweep_demo_cpu.md
-                                 # the demo's cached experts (built by `swarmkern demo`) with the demo's scorer
-    python benchmarks/bench_sweep.py --config OUT/compare.yaml   # any experts + utility from a run/compare config
+    python benchmarks/bench_sweep.py --config OUT/search.yaml --out benchmarks/results/sweep_demo_cpu.md
+                                 # the demo's experts and utility (OUT: a `swarmkern demo --out` folder)
+    python benchmarks/bench_sweep.py --config RUN.yaml           # any experts + utility from a run config
 
-Both sides score the same utility object (multiple_choice, or the demo's first-token scorer with --demo) (one evaluator, built and warmed up once) with
+Both sides score the same utility object (one evaluator, built and warmed up once) with
 the same S SwarmConfigs (SweepSpace random draws from the authors' ranges, `--iters` iterations, no early
 stop, no output directory), so both do the same evaluations; the sweep scores the rows of all S swarms in
 one utility call per iteration. Reported: wall seconds of each side (median of `--repeats`, the sides
@@ -47,29 +47,14 @@ def from_config(path: Path) -> tuple[list[str], dict]:
     return cfg.expert_sources(), dict(cfg.utility)
 
 
-def demo_setup(experts_dir: Path, n_dev: int) -> tuple[object, object, str]:
-    """The demo's cached experts (with their base init) and the demo's dev scorer on `n_dev` quiz questions."""
-    from swarmkern.demo import tasks
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from demo_pool import load_demo_pool
-
-    pool, make_scorer, k = load_demo_pool(experts_dir)
-    dev, _, _ = tasks.target_splits(n_dev, 10, seed=1)
-    return pool, make_scorer(dev), (f"the demo's experts: SmolLM2-135M-Instruct, {k} LoRA experts + the base init, "
-                                    f"{n_dev} dev quiz questions, the demo's bf16 first-token scorer")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
-    ap.add_argument("--demo", type=Path, default=None, metavar="EXPERTS_DIR",
-                    help="a cached demo pool (expert_*/, base_init/) scored by the demo's scorer")
     ap.add_argument("--configs", type=int, default=8, help="S: configurations")
     ap.add_argument("--particles", type=int, default=10)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--experts", type=int, default=6, help="tiny pool: experts")
-    ap.add_argument("--dev", type=int, default=32, help="tiny pool / --demo: dev questions")
+    ap.add_argument("--dev", type=int, default=32, help="tiny pool: dev questions")
     ap.add_argument("--max-examples", type=int, default=None, help="--config: use the first N dev questions")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep_cpu.md")
@@ -79,26 +64,24 @@ def main() -> None:
     from swarmkern.utilities import build_utility
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")
-    if args.demo:
-        pool, utility, pool_name = demo_setup(args.demo, args.dev)
+    if args.config is None:
+        sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
+        pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
     else:
-        if args.config is None:
-            sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
-            pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
-        else:
-            sources, spec = from_config(args.config)
-            if args.max_examples:
-                spec["max_examples"] = args.max_examples
-            pool_name = f"{args.config.name}: {len(sources)} experts, utility {spec['type']}"
-        pool = load_experts(sources)
-        utility = build_utility(spec, pool).dev
+        sources, spec = from_config(args.config)
+        if args.max_examples:
+            spec["max_examples"] = args.max_examples
+        pool_name = (f"{args.config}: {len(sources)} experts, utility {spec['type']}"
+                     + (f" (scoring {spec['scoring']}, dtype {spec.get('dtype', 'auto')})" if spec.get("scoring") else ""))
+    pool = load_experts(sources)
+    utility = build_utility(spec, pool).dev
     base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=10 ** 6, progress=False)
     configs = SweepSpace(n=args.configs, seed=0).expand(base)
     Swarm(base.model_copy(update={"max_iters": 1}), pool, utility).run()  # warm-up: evaluator, kernels
 
     seq_s, sweep_s = [], []
     seq_best = sweep_best = None
-    evals = calls = 0
+    evals = calls = scored = 0
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         seq = [Swarm(c, pool, utility).run() for c in configs]
@@ -108,12 +91,12 @@ def main() -> None:
         res = Sweep(configs, pool, utility, progress=False).run()
         sweep_s.append(time.perf_counter() - t0)
         sweep_best = [e["best_dev"] for e in res.entries]
-        evals, calls = res.summary["evaluations"], res.summary["utility_calls"]
+        evals, calls, scored = res.summary["evaluations"], res.summary["utility_calls"], res.summary["rows_scored"]
         print(f"sequential {seq_s[-1]:.2f} s, sweep {sweep_s[-1]:.2f} s", flush=True)
     seq_evals = sum(r.summary["evaluations"] for r in seq)
     a, b = statistics.median(seq_s), statistics.median(sweep_s)
     same = sum(x == y for x, y in zip(seq_best, sweep_best))
-    cmd = "python benchmarks/bench_sweep.py " + " ".join("EXPERTS_DIR" if a.startswith("/") else a for a in sys.argv[1:])
+    cmd = "python benchmarks/bench_sweep.py " + " ".join("DIR" if a.startswith("/") else a for a in sys.argv[1:])
     lines = [
         f"Command: `{cmd.strip()}`", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
@@ -121,9 +104,9 @@ def main() -> None:
         f"Pool: {pool_name}. S = {args.configs} configurations (random draws from the authors' ranges), "
         f"{args.particles} particles, {args.iters} iterations each (no early stop). Median of {args.repeats} "
         "alternating repeats.", "",
-        "| | seconds | evaluations | utility calls |", "| --- | --- | --- | --- |",
-        f"| {args.configs} sequential runs | {a:.2f} | {seq_evals} | {args.configs * (args.iters + 1)} |",
-        f"| one sweep of {args.configs} in lockstep | {b:.2f} | {evals} | {calls} |",
+        "| | seconds | evaluations | distinct rows scored | utility calls |", "| --- | --- | --- | --- | --- |",
+        f"| {args.configs} sequential runs | {a:.2f} | {seq_evals} | {seq_evals} | {args.configs * (args.iters + 1)} |",
+        f"| one sweep of {args.configs} in lockstep | {b:.2f} | {evals} | {scored} | {calls} |",
         f"| **ratio sweep / sequential** | **{b / a:.2f}x** | | |", "",
         f"Same best dev utility in {same} of {args.configs} configurations (sweep vs sequential).", "",
         f"All repeats (s): sequential {', '.join(f'{x:.2f}' for x in seq_s)}; sweep {', '.join(f'{x:.2f}' for x in sweep_s)}.",

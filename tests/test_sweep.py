@@ -19,7 +19,7 @@ from swarmkern.cli import main
 from swarmkern.config import ConfigError, load_run_config
 from swarmkern.objectives import neg_rastrigin, neg_sphere
 from swarmkern.swarm import Swarm, SwarmConfig
-from swarmkern.swarm.sweep import AUTHORS_RANGES, Sweep, SweepSpace, varied_fields
+from swarmkern.swarm.sweep import AUTHORS_RANGES, Sweep, SweepSpace, distinct_row_runs, varied_fields
 from swarmkern.utilities.holdout import SelectSplitError, carve_select
 
 K, D = 4, 64
@@ -92,6 +92,31 @@ def _counting(fn, log):
     return utility
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [1, 7, 300])
+def test_repeated_rows_are_found_exactly_and_distinct_runs_stay_views(dtype, d):
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(6, d, generator=g).to(dtype)
+    b = torch.randn(5, d, generator=g).to(dtype)
+    b[1], b[3], a[4] = a[0], a[2], a[1]           # twins across pieces and inside one
+    near = a[3].clone()
+    near[-1] = near[-1] + 1                       # differs only where the fingerprint may not look
+    b[4] = near
+    nan = torch.full((d,), float("nan"), dtype=dtype)
+    c = torch.stack([nan, nan])                   # NaN rows are never merged
+    pieces = [a, b, c]
+    runs, source = distinct_row_runs(pieces)
+    rows = torch.cat(pieces)
+    distinct = torch.cat(runs)
+    assert len(source) == rows.shape[0]
+    for i, j in enumerate(source):
+        assert torch.equal(rows[i], distinct[j]) or torch.isnan(rows[i]).all()
+    assert distinct.shape[0] == rows.shape[0] - 3
+    for r in runs:  # every run is a view of one piece's buffer, no copy
+        assert any(r.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for p in pieces)
+    assert distinct_row_runs([]) == ([], [])
+
+
 SPACES = {
     "authors": SweepSpace(n=4, seed=0),
     "sizes": SweepSpace(mode="grid", grid={"n_particles": [5, 9], "include_base": [False, True],
@@ -115,7 +140,11 @@ def test_lockstep_swarms_follow_their_lone_trajectories_in_shared_calls(space, b
         assert _strip(sweep.swarms[i].history) == _strip(alone.history)
         assert torch.equal(sweep.swarms[i].buffers.x, alone.buffers.x) and torch.equal(result.results[i].best, r.best)
         assert result.entries[i]["best_dev"] == r.best_utility and result.entries[i]["evaluations"] == r.summary["evaluations"]
-    assert sum(shared) == sum(lone_calls) == result.summary["evaluations"]  # S times the evaluations ...
+    assert result.summary["evaluations"] == sum(lone_calls)                # S times the evaluations ...
+    assert sum(shared) == result.summary["rows_scored"] < sum(lone_calls)  # ... less the rows they share
+    if space == "authors":  # one seed, one size: the S starting populations are the same rows, scored once
+        n0 = len(sweep.swarms[0].origins)
+        assert result.summary["rows_scored"] == sum(lone_calls) - (S - 1) * n0
     rounds = max(r.iterations for r in result.results) + 1
     if batch_size is None:
         assert len(shared) == rounds < len(lone_calls)                     # ... in one call per round

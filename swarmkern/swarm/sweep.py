@@ -9,7 +9,8 @@ Every round each unfinished swarm `ask()`s its rows; the rows of all swarms are 
 utility calls (one [sum n_s, D] batch, `batch_size` rows at most per call) and the scores are split
 back to the swarms' `tell()`s. A sweep of S therefore costs S times the evaluations of one search but
 shares the per-call overhead (for the LLM utilities: the base layers below the first adapter, the
-prompt encoding, Python and kernel launches). Each swarm's trajectory is the one it has alone, bit for
+prompt encoding, Python and kernel launches). A row that equals an earlier row of the round (the S
+swarms usually start from the same experts and crossover children) is scored once. Each swarm's trajectory is the one it has alone, bit for
 bit when the utility scores each row independently of its batch-mates.
 
 The winner is the configuration with the best final dev utility, or, with a `select_utility` (a held-out
@@ -136,6 +137,39 @@ def varied_fields(configs: Sequence[SwarmConfig]) -> list[str]:
     return [k for k in SwarmConfig.model_fields if any(d[k] != dumps[0][k] for d in dumps[1:])]
 
 
+def distinct_row_runs(pieces: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Split the rows of `pieces` ([n_i, D] each) into runs (views) of rows equal to no earlier row, and
+    give for every row, in order, the index (among the runs' rows, concatenated) of the row whose
+    score it takes. Rows are compared exactly (torch.equal); a fingerprint of 64 of their elements
+    picks the candidates first, so a large full-weight row is compared in full only with a likely
+    twin. Rows with NaN never match (NaN != NaN): they are scored each time, as without sharing."""
+    keys: dict[bytes, list[int]] = {}
+    kept: list[torch.Tensor] = []
+    runs: list[torch.Tensor] = []
+    source: list[int] = []
+    for p in pieces:
+        n, d = p.shape
+        probe = torch.linspace(0, d - 1, min(d, 64), device=p.device).round().long()
+        prints = p.index_select(1, probe).float().cpu().numpy()  # exact for fp16/bf16/fp32
+        start = None
+        for i in range(n):
+            key = prints[i].tobytes()
+            twin = next((j for j in keys.get(key, ()) if torch.equal(kept[j], p[i])), None)
+            if twin is None:
+                keys.setdefault(key, []).append(len(kept))
+                source.append(len(kept))
+                kept.append(p[i])
+                start = i if start is None else start
+                continue
+            source.append(twin)
+            if start is not None:
+                runs.append(p[start:i])
+                start = None
+        if start is not None:
+            runs.append(p[start:n])
+    return runs, source
+
+
 @dataclass
 class SweepResult:
     """The outcome of a sweep: one entry per configuration (sweep.json's rows), the winner's index
@@ -174,7 +208,7 @@ class Sweep:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.collective = collective or LocalCollective()
         self.batch_size, self.progress = batch_size, progress
-        self.calls = 0
+        self.calls = self.rows_scored = 0
         self.seconds = [0.0] * len(self.configs)
         self._wall_base = 0.0
         rank0 = self.collective.rank == 0
@@ -214,6 +248,7 @@ class Sweep:
         if (output_dir / SWEEP_PROGRESS).is_file():
             done = json.loads((output_dir / SWEEP_PROGRESS).read_text())
         self.calls = done.get("calls", 0)
+        self.rows_scored = done.get("rows_scored", 0)
         self.seconds = done.get("seconds", [0.0] * len(self.configs))
         self._wall_base = done.get("wall_seconds", 0.0)
         self.swarms = []
@@ -270,15 +305,18 @@ class Sweep:
             self.seconds[i] += share + (t1 - t0) / len(active) + (time.perf_counter() - ts)
 
     def _score_asks(self, asks: list[Ask]) -> torch.Tensor:
-        """The utilities of every ask's rows, in order: calls of at most `batch_size` rows, each one a
-        view of a swarm's buffer when it falls inside one ask, else a concatenation."""
-        pieces = [a.rows for a in asks if len(a)]
-        total = sum(p.shape[0] for p in pieces)
+        """The utilities of every ask's rows, in order. A row equal to an earlier one (the swarms of a
+        sweep usually start from the same particles) is scored once and its score shared. The distinct
+        rows go in calls of at most `batch_size` rows, each one a view of a swarm's buffer when it falls
+        inside one run of distinct rows of one ask, else a concatenation."""
+        runs, source = distinct_row_runs([a.rows for a in asks if len(a)])
+        total = sum(r.shape[0] for r in runs)
+        self.rows_scored += total
         bs = self.batch_size or max(total, 1)
-        out = torch.empty(total, dtype=torch.float64)
+        scored = torch.empty(total, dtype=torch.float64)
         chunk: list[torch.Tensor] = []
         filled = start = 0
-        for p in pieces:
+        for p in runs:
             at = 0
             while at < p.shape[0]:
                 take = min(bs - filled, p.shape[0] - at)
@@ -286,11 +324,11 @@ class Sweep:
                 at += take
                 filled += take
                 if filled == bs:
-                    out[start:start + filled] = self._score_chunk(chunk)
+                    scored[start:start + filled] = self._score_chunk(chunk)
                     start, filled, chunk = start + filled, 0, []
         if chunk:
-            out[start:start + filled] = self._score_chunk(chunk)
-        return out
+            scored[start:start + filled] = self._score_chunk(chunk)
+        return scored[torch.tensor(source, dtype=torch.long)] if source else scored
 
     def _score_chunk(self, chunk: list[torch.Tensor]) -> torch.Tensor:
         self.calls += 1
@@ -328,6 +366,7 @@ class Sweep:
             "n_configurations": len(self.configs), "varied_fields": varied_fields(self.configs),
             "wall_seconds": self._wall_base + time.perf_counter() - start,
             "evaluations": sum(r.summary["evaluations"] for r in results), "utility_calls": self.calls,
+            "rows_scored": self.rows_scored,  # evaluations less the repeated rows scored once
             "experts": self.pool.names,
             "initial_dev_utilities": {o["name"]: outputs.json_float(u) for o, u in
                                       zip(self.swarms[0].origins, self.swarms[0].book.initial_utilities)
@@ -385,4 +424,4 @@ class Sweep:
         if self.output_dir is None or self.collective.rank != 0:
             return
         atomic_write_json(self.output_dir / SWEEP_PROGRESS, {
-            "calls": self.calls, "seconds": self.seconds, "wall_seconds": self._wall_base + time.perf_counter() - start})
+            "calls": self.calls, "rows_scored": self.rows_scored, "seconds": self.seconds, "wall_seconds": self._wall_base + time.perf_counter() - start})

@@ -55,7 +55,8 @@ def sweep_table(summary: dict[str, Any]) -> str:
     entries, fields = summary["configurations"], summary["varied_fields"]
     head = ["#", *fields, "dev", "select", "test", "iterations", "evaluations", "seconds"]
     lines = [f"Sweep of {summary['n_configurations']} configurations; winner: #{summary['winner']} "
-             f"(chosen on {summary['selected_on']}); {summary['evaluations']} evaluations in "
+             f"(chosen on {summary['selected_on']}); {summary['evaluations']} evaluations "
+             f"({summary.get('rows_scored', summary['evaluations'])} distinct rows scored) in "
              f"{summary['utility_calls']} utility calls, {summary['wall_seconds']:.1f} s.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for e in entries:
