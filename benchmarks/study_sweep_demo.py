@@ -86,7 +86,7 @@ def main() -> None:
         "DIR" if a.startswith("/") else a for a in sys.argv[1:])
     demo = load_run_config(args.runs[0] / "search.yaml")
     lines = [f"Command: `{cmd}`", "",
-             f"The demo's experts (one pool per seed, SmolLM2-135M-Instruct), the demo's utility "
+             f"The demo's experts (one pool per seed, base model {Path(demo.utility['model']).name}), the demo's utility "
              f"(multiple_choice, scoring {demo.utility.get('scoring')}, dtype {demo.utility.get('dtype')}); "
              f"{demo.swarm.n_particles} particles, at most {demo.swarm.max_iters} iterations, patience "
              f"{demo.swarm.patience}; sweep of {args.configs} draws from the authors' ranges; select split "
