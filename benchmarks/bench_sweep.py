@@ -40,18 +40,18 @@ def tiny_setup(root: Path, k: int, n_dev: int) -> tuple[list[str], dict]:
     return [str(p) for p in setup.expert_dirs], spec
 
 
-def from_config(path: Path) -> tuple[list[str], dict]:
+def from_config(path: Path) -> tuple[list[str], dict, SwarmConfig]:
     from swarmkern.config import load_run_config
 
     cfg = load_run_config(path)
-    return cfg.expert_sources(), dict(cfg.utility)
+    return cfg.expert_sources(), dict(cfg.utility), cfg.swarm
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
     ap.add_argument("--configs", type=int, default=8, help="S: configurations")
-    ap.add_argument("--particles", type=int, default=10)
+    ap.add_argument("--particles", type=int, default=None, help="default: the config's n_particles, else 10")
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--experts", type=int, default=6, help="tiny pool: experts")
     ap.add_argument("--dev", type=int, default=32, help="tiny pool: dev questions")
@@ -68,14 +68,17 @@ def main() -> None:
         sources, spec = tiny_setup(Path(tmp.name), args.experts, args.dev)
         pool_name = f"tiny llama (hidden 32, 4 layers), {args.experts} LoRA experts, {args.dev} dev questions"
     else:
-        sources, spec = from_config(args.config)
+        sources, spec, swarm = from_config(args.config)
         if args.max_examples:
             spec["max_examples"] = args.max_examples
         pool_name = (f"{args.config}: {len(sources)} experts, utility {spec['type']}"
                      + (f" (scoring {spec['scoring']}, dtype {spec.get('dtype', 'auto')})" if spec.get("scoring") else ""))
     pool = load_experts(sources)
     utility = build_utility(spec, pool).dev
-    base = SwarmConfig(n_particles=args.particles, max_iters=args.iters, patience=10 ** 6, progress=False)
+    # the config's swarm section (its size, the base model as a particle, ...) with --iters and no early stop
+    swarm = swarm if args.config is not None else SwarmConfig(n_particles=10)
+    base = swarm.model_copy(update={"n_particles": args.particles or swarm.n_particles, "max_iters": args.iters,
+                                    "patience": 10 ** 6, "progress": False, "checkpoint": False})
     configs = SweepSpace(n=args.configs, seed=0).expand(base)
     Swarm(base.model_copy(update={"max_iters": 1}), pool, utility).run()  # warm-up: evaluator, kernels
 
@@ -102,7 +105,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads", "",
         f"Pool: {pool_name}. S = {args.configs} configurations (random draws from the authors' ranges), "
-        f"{args.particles} particles, {args.iters} iterations each (no early stop). Median of {args.repeats} "
+        f"{base.n_particles} particles{' (the base model among them)' if base.include_base else ''}, {args.iters} iterations each (no early stop). Median of {args.repeats} "
         "alternating repeats.", "",
         "| | seconds | evaluations | distinct rows scored | utility calls |", "| --- | --- | --- | --- | --- |",
         f"| {args.configs} sequential runs | {a:.2f} | {seq_evals} | {seq_evals} | {args.configs * (args.iters + 1)} |",
