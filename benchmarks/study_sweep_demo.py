@@ -1,9 +1,9 @@
-"""On the demo's experts, per seed: the best single expert (chosen on dev), the demo's own search, one
-search with the default coefficients, and the winner of a sweep chosen on dev and chosen on a select
-split; dev and test accuracy. Everything runs through the product's path: the demo's run config
-(OUT/search.yaml, written by `swarmkern demo`) and the functions `swarmkern search` and `swarmkern sweep`
-call (`runner.run_search`, `runner.run_sweep`); the first two rows are read from the demo's
-OUT/compare/compare.json (what `swarmkern compare OUT/compare.yaml` prints).
+"""On the demo's experts, per seed: the best single expert (chosen on dev), one search with the default
+coefficients, and the winner of a sweep chosen on dev and chosen on a select split; dev and test
+accuracy. Everything runs through the product's path: the demo's run config (OUT/search.yaml, written by
+`swarmkern demo`) and the functions `swarmkern search` and `swarmkern sweep` call (`runner.run_search`,
+`runner.run_sweep`); the table is read back from their outputs (summary.json, sweep.json). The best single
+expert is the best on dev among the sweep's starting experts (the same process, so the same numerics).
 
     swarmkern demo --seed 0 --out runs/demo0       # likewise --seed 1 / --seed 2 (each trains its own pool)
     python benchmarks/study_sweep_demo.py --runs runs/demo0 runs/demo1 runs/demo2 \\
@@ -30,19 +30,16 @@ from swarmkern.runner import run_search, run_sweep
 from swarmkern.swarm import SwarmConfig
 
 COEFFICIENTS = ("phi_v", "phi_p", "phi_g", "phi_w", "step")
-METHODS = ["best single expert", "demo's search", "default search", "sweep, chosen on dev",
-           "sweep, chosen on select split"]
+METHODS = ["best single expert", "default search", "sweep, chosen on dev", "sweep, chosen on select split"]
 
 
-def study_one(run: Path, work: Path, configs: int, select_fraction: float) -> dict:
+def study_one(run: Path, work: Path, configs: int, select_fraction: float, reuse: bool) -> dict:
+    """Run (or, with reuse, keep what an earlier run finished) the default search and the two sweeps of
+    one demo folder; the row is read back from their output files (summary.json, sweep.json)."""
     cfg = load_run_config(run / "search.yaml")
-    compare = json.loads((run / "compare" / "compare.json").read_text())
     seed = cfg.swarm.seed
     budget = cfg.swarm.model_dump(exclude=set(COEFFICIENTS))
     budget["progress"] = False
-    row: dict = {"seed": seed,
-                 "best single expert": (compare["best_single"]["dev"], compare["best_single"]["test"]),
-                 "demo's search": (compare["swarm"]["dev"], compare["swarm"]["test"])}
 
     def config(name: str, sweep: dict | None):
         return cfg.model_copy(update={"swarm": SwarmConfig.model_validate(budget),
@@ -50,22 +47,35 @@ def study_one(run: Path, work: Path, configs: int, select_fraction: float) -> di
                                       "output": cfg.output.model_copy(update={"dir": str(work / name),
                                                                               "overwrite": True})})
 
-    t0 = time.perf_counter()
-    r = run_search(config("default", None))
-    row["default search"] = (r.best_utility, r.summary["test_utility"])
-    t1 = time.perf_counter()
-    s = run_sweep(config("sweep_dev", {"mode": "random", "n": configs, "seed": seed}))
-    w = s.entries[s.winner]
-    row["sweep, chosen on dev"] = (w["best_dev"], w["test"])
-    t2 = time.perf_counter()
-    s2 = run_sweep(config("sweep_select", {"mode": "random", "n": configs, "seed": seed, "select": "split",
-                                           "select_fraction": select_fraction, "select_seed": seed}))
-    w2 = s2.entries[s2.winner]
-    row["sweep, chosen on select split"] = (w2["best_dev"], w2["test"])
-    row["seconds"] = {"search": t1 - t0, "sweep": t2 - t1, "sweep_select": time.perf_counter() - t2}
-    row["sweep configs (dev, test)"] = [(e["best_dev"], e["test"]) for e in s.entries]
-    row["winners"] = (s.winner, s2.winner)
-    return row
+    seconds = {}
+    jobs = [("default", "summary.json", lambda c: run_search(c), None),
+            ("sweep_dev", "sweep.json", lambda c: run_sweep(c), {"mode": "random", "n": configs, "seed": seed}),
+            ("sweep_select", "sweep.json", lambda c: run_sweep(c),
+             {"mode": "random", "n": configs, "seed": seed, "select": "split",
+              "select_fraction": select_fraction, "select_seed": seed})]
+    for name, done, fn, sweep in jobs:
+        if not (reuse and (work / name / done).is_file()):
+            t0 = time.perf_counter()
+            fn(config(name, sweep))
+            seconds[name] = time.perf_counter() - t0
+    default = json.loads((work / "default" / "summary.json").read_text())
+    dev_sweep = json.loads((work / "sweep_dev" / "sweep.json").read_text())
+    sel_sweep = json.loads((work / "sweep_select" / "sweep.json").read_text())
+    # the best single expert, chosen on dev among the starting experts of the same runs (same numerics)
+    starters = {k: v for k, v in dev_sweep["initial_dev_utilities"].items() if k != "base"}
+    best = max(starters, key=lambda k: (starters[k], k))
+    w, ws = dev_sweep["configurations"][dev_sweep["winner"]], sel_sweep["configurations"][sel_sweep["winner"]]
+    return {"seed": seed,
+            "best single expert": (starters[best], dev_sweep["initial_test_utilities"][best]),
+            "best expert": best,
+            "default search": (default["best_dev_utility"], default["test_utility"]),
+            "sweep, chosen on dev": (w["best_dev"], w["test"]),
+            "sweep, chosen on select split": (ws["best_dev"], ws["test"]),
+            "select of the winner": ws["select"],
+            "seconds": seconds,
+            "sweep seconds": (dev_sweep["wall_seconds"], sel_sweep["wall_seconds"]),
+            "sweep configs (dev, test)": [(e["best_dev"], e["test"]) for e in dev_sweep["configurations"]],
+            "winners": (dev_sweep["winner"], sel_sweep["winner"])}
 
 
 def main() -> None:
@@ -74,12 +84,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="where the searches and sweeps write their outputs")
     ap.add_argument("--configs", type=int, default=8)
     ap.add_argument("--select-fraction", type=float, default=0.3)
+    ap.add_argument("--reuse", action="store_true", help="keep the searches and sweeps already finished in --work")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep_demo_study.md")
     args = ap.parse_args()
 
     rows, t_all = [], time.perf_counter()
     for run in args.runs:
-        row = study_one(run, args.work / run.name, args.configs, args.select_fraction)
+        row = study_one(run, args.work / run.name, args.configs, args.select_fraction, args.reuse)
         rows.append(row)
         print(row, flush=True)
     cmd = "python benchmarks/study_sweep_demo.py " + " ".join(
@@ -90,7 +101,8 @@ def main() -> None:
              f"(multiple_choice, scoring {demo.utility.get('scoring')}, dtype {demo.utility.get('dtype')}); "
              f"{demo.swarm.n_particles} particles, at most {demo.swarm.max_iters} iterations, patience "
              f"{demo.swarm.patience}; sweep of {args.configs} draws from the authors' ranges; select split "
-             f"{args.select_fraction:.0%} of dev. Accuracy, dev / test.", "",
+             f"{args.select_fraction:.0%} of dev (that column's dev is on the searched rest of dev). Accuracy, "
+             "dev / test.", "",
              "| seed | " + " | ".join(METHODS) + " |", "| --- |" + " --- |" * len(METHODS)]
     for row in rows:
         lines.append(f"| {row['seed']} | " + " | ".join(f"{row[m][0]:.3f} / {row[m][1]:.3f}" for m in METHODS) + " |")
@@ -100,9 +112,11 @@ def main() -> None:
     gain = {m: statistics.mean(r[m][1] - r["best single expert"][1] for r in rows) for m in METHODS[1:]}
     lines += ["", "Mean test gain over the best single expert (points): " + "; ".join(
         f"{m} {100 * g:+.1f}" for m, g in gain.items()), "",
-        "Seconds per seed (default search / sweep on dev / sweep with select split): " + "; ".join(
-            f"seed {r['seed']}: {r['seconds']['search']:.0f} / {r['seconds']['sweep']:.0f} / "
-            f"{r['seconds']['sweep_select']:.0f}" for r in rows),
+        "Best single expert per seed: " + ", ".join(f"seed {r['seed']}: {r['best expert']}" for r in rows)
+        + "; the select-split winner's accuracy on the held-out part: " + ", ".join(
+            f"{r['select of the winner']:.3f}" for r in rows) + ".",
+        "Sweep wall seconds per seed (on dev / with select split): " + "; ".join(
+            f"seed {r['seed']}: {r['sweep seconds'][0]:.0f} / {r['sweep seconds'][1]:.0f}" for r in rows),
         "Sweep configurations (dev, test) of the dev-selected sweep: " + "; ".join(
             f"seed {r['seed']}: " + ", ".join(f"{d:.3f}/{t:.3f}" for d, t in r["sweep configs (dev, test)"])
             for r in rows),
