@@ -73,7 +73,7 @@ def study_one(run: Path, work: Path, configs: int, select_fraction: float, reuse
             "sweep, chosen on select split": (ws["best_dev"], ws["test"]),
             "select of the winner": ws["select"],
             "seconds": seconds,
-            "sweep seconds": (dev_sweep["wall_seconds"], sel_sweep["wall_seconds"]),
+            "wall seconds": (default["wall_seconds"], dev_sweep["wall_seconds"], sel_sweep["wall_seconds"]),
             "sweep configs (dev, test)": [(e["best_dev"], e["test"]) for e in dev_sweep["configurations"]],
             "winners": (dev_sweep["winner"], sel_sweep["winner"])}
 
@@ -115,12 +115,12 @@ def main() -> None:
         "Best single expert per seed: " + ", ".join(f"seed {r['seed']}: {r['best expert']}" for r in rows)
         + "; the select-split winner's accuracy on the held-out part: " + ", ".join(
             f"{r['select of the winner']:.3f}" for r in rows) + ".",
-        "Sweep wall seconds per seed (on dev / with select split): " + "; ".join(
-            f"seed {r['seed']}: {r['sweep seconds'][0]:.0f} / {r['sweep seconds'][1]:.0f}" for r in rows),
+        "Wall seconds per seed (default search / sweep on dev / sweep with select split; from the outputs): "
+        + "; ".join(f"seed {r['seed']}: " + " / ".join(f"{x:.0f}" for x in r["wall seconds"]) for r in rows),
         "Sweep configurations (dev, test) of the dev-selected sweep: " + "; ".join(
             f"seed {r['seed']}: " + ", ".join(f"{d:.3f}/{t:.3f}" for d, t in r["sweep configs (dev, test)"])
             for r in rows),
-        f"Total {time.perf_counter() - t_all:.0f} s."]
+        f"This invocation: {time.perf_counter() - t_all:.0f} s" + (" (--reuse: finished runs were read back)" if args.reuse else "") + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     from swarmkern.atomic import atomic_write_text
