@@ -71,7 +71,7 @@ def main() -> None:
         sources, spec, swarm = from_config(args.config)
         if args.max_examples:
             spec["max_examples"] = args.max_examples
-        pool_name = (f"{args.config}: {len(sources)} experts, utility {spec['type']}"
+        pool_name = (f"{args.config.parent.name}/{args.config.name}: {len(sources)} experts, utility {spec['type']}"
                      + (f" (scoring {spec['scoring']}, dtype {spec.get('dtype', 'auto')})" if spec.get("scoring") else ""))
     pool = load_experts(sources)
     utility = build_utility(spec, pool).dev

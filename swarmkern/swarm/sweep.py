@@ -10,8 +10,10 @@ utility calls (one [sum n_s, D] batch, `batch_size` rows at most per call) and t
 back to the swarms' `tell()`s. A sweep of S therefore costs S times the evaluations of one search but
 shares the per-call overhead (for the LLM utilities: the base layers below the first adapter, the
 prompt encoding, Python and kernel launches). A row that equals an earlier row of the round (the S
-swarms usually start from the same experts and crossover children) is scored once. Each swarm's trajectory is the one it has alone, bit for
-bit when the utility scores each row independently of its batch-mates.
+swarms usually start from the same experts and crossover children) is scored once. Each swarm's
+trajectory is the one it has alone, bit for bit when the utility scores each row independently of its
+batch-mates (bf16 matrix kernels on a CPU round differently for different batch shapes, so there a
+swarm can take another path than alone).
 
 The winner is the configuration with the best final dev utility, or, with a `select_utility` (a held-out
 part of dev that the searches never see), the best final utility on it (ties: better dev, then the
