@@ -47,6 +47,16 @@ def from_config(path: Path) -> tuple[list[str], dict, SwarmConfig]:
     return cfg.expert_sources(), dict(cfg.utility), cfg.swarm
 
 
+def write_report(path: Path, lines: list[str]) -> None:
+    """Print the report and write it atomically to `path` (the results file)."""
+    from swarmkern.atomic import atomic_write_text
+
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=None, help="a run/compare config (experts + utility); default: a tiny pool")
@@ -114,12 +124,7 @@ def main() -> None:
         f"Same best dev utility in {same} of {args.configs} configurations (sweep vs sequential).", "",
         f"All repeats (s): sequential {', '.join(f'{x:.2f}' for x in seq_s)}; sweep {', '.join(f'{x:.2f}' for x in sweep_s)}.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from swarmkern.atomic import atomic_write_text
-
-    atomic_write_text(args.out, text)
+    write_report(args.out, lines)
     tmp.cleanup()
 
 

@@ -100,12 +100,9 @@ def main() -> None:
         f"| **ratio sweep / sequential** | **{sweep_time[0] / seq[0]:.2f}x** | **{sweep_time[1] / seq[1]:.2f}x** | | |",
         "", f"Same best dev utility in {same} of {args.configs} configurations (sweep vs its lone search).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    from swarmkern.atomic import atomic_write_text
+    from bench_sweep import write_report  # this folder is on sys.path when the script runs
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, text)
+    write_report(args.out, lines)
     tmp.cleanup()
 
 
