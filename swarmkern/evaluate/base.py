@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .fast_layers import speed_up
 from .layer_cache import LowerLayerCache, SkipLayer
 
 __all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
@@ -131,6 +132,7 @@ class ParticleEvaluator:
         from .models import check_vocab
 
         check_vocab(tokenizer, model, "evaluator")
+        speed_up(model)  # fused RMSNorm, in-place SiLU gating: the same numbers (fast_layers.py)
         self.model = model
         self.tokenizer = tokenizer
         self.runner = _Runner(model)

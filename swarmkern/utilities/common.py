@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr
 
 from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
 
+from .memo import DEFAULT_MEMO_ROWS, PredictionMemo
 from .protocol import Ensembling, FunctionUtility, Predictions
 from .registry import UtilityConfig
 
@@ -40,7 +41,10 @@ class ModelUtility(UtilityConfig):
     share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
     layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description=(
         "memory (MiB) for the outputs of the frozen layers below the first adapted layer, kept across calls "
-        "per batch of examples (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
+        "per example (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
+    memo_rows: int = Field(DEFAULT_MEMO_ROWS, ge=0, description=(
+        "particles whose predictions are kept by content, so a particle scored again (the experts by the "
+        "reports and by compare's baselines, the best by the reports) is not run again; 0 turns it off"))
     _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
 
     def has_split(self, split: str) -> bool:
@@ -74,20 +78,22 @@ class PredictionScorer(Ensembling):
 
     predict(particles [B, D]) -> Predictions; example_scores(preds) -> [B, N] (None: the utility is no
     mean over examples, then `score` is required); score(preds) -> [B] (default: mean of
-    example_scores); ensemble(preds, how) -> (score, how used); ids: the N examples' ids."""
+    example_scores); ensemble(preds, how) -> (score, how used); ids: the N examples' ids.
+    Predictions are remembered per particle content (memo.py; memo_rows=0: never)."""
 
     def __init__(self, name: str, *, predict: Callable[[torch.Tensor], Predictions],
                  ensemble: Callable[[Predictions, str], tuple[float, str]], ids: Sequence[str],
                  example_scores: Callable[[Predictions], torch.Tensor] | None = None,
-                 score: Callable[[Predictions], torch.Tensor] | None = None):
+                 score: Callable[[Predictions], torch.Tensor] | None = None, memo_rows: int = DEFAULT_MEMO_ROWS):
         if example_scores is None and score is None:
             raise ValueError(f"{name}: needs example_scores or score")
         self.name = name
         self._predict, self._ensemble, self._ids = predict, ensemble, list(ids)
         self._example_scores, self._score = example_scores, score
+        self.memo = PredictionMemo(memo_rows)
 
     def predict(self, particles: torch.Tensor) -> Predictions:
-        return self._predict(particles)
+        return self.memo.predict(particles, self._predict)
 
     def example_scores(self, preds: Predictions) -> torch.Tensor | None:
         return None if self._example_scores is None else self._example_scores(preds).double()

@@ -82,7 +82,8 @@ class MultipleChoice(ModelUtility):
 
             def vote(preds: Answers, how: str) -> tuple[float, str]:
                 return float(letter_correct(Answers([majority_vote(preds.answers)])).mean()), "vote"
-            return PredictionScorer(name, predict=picked, example_scores=letter_correct, ensemble=vote, ids=ids)
+            return PredictionScorer(name, predict=picked, example_scores=letter_correct, ensemble=vote, ids=ids,
+                                    memo_rows=self.memo_rows)
 
         choice_scores = (self._first_token_scorer(ev, examples, ids, path) if self.scoring == "first_token"
                          else self._choice_scorer(ev, examples))
@@ -94,7 +95,8 @@ class MultipleChoice(ModelUtility):
             how = "mean_prob" if how == "auto" else how
             return float(correct(ClassScores(combine_class_scores(preds.scores, how)[None])).mean()), how
         return PredictionScorer(name, predict=lambda particles: ClassScores(choice_scores(particles)),
-                                example_scores=correct, ensemble=combine, ids=ids)
+                                example_scores=correct, ensemble=combine, ids=ids,
+                                memo_rows=self.memo_rows)
 
     def _first_token_scorer(self, ev, examples: list[MultipleChoiceExample], ids: list[str], path):
         """particles [B, D] -> [B, N, C] float64 logit of each choice's token at the first position where
@@ -197,4 +199,4 @@ class ExactMatch(ModelUtility):
         def vote(preds: Answers, how: str) -> tuple[float, str]:
             return float(correct(Answers([majority_vote(preds.answers)])).mean()), "vote"
         return PredictionScorer(f"exact_match[{split}]", predict=answers, example_scores=correct, ensemble=vote,
-                                ids=jsonl_example_ids(path, examples))
+                                ids=jsonl_example_ids(path, examples), memo_rows=self.memo_rows)

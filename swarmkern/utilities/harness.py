@@ -32,6 +32,7 @@ from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
 
 from .common import harmonic_mean, particle_evaluator
 from .ensemble import combine_class_scores, majority_vote
+from .memo import DEFAULT_MEMO_ROWS, PredictionMemo
 from .protocol import Ensembling, Predictions
 from .registry import UtilityConfig, register_utility
 
@@ -76,6 +77,11 @@ class LmEvalPredictions(Predictions):
 
     def take(self, rows: list[int]) -> "LmEvalPredictions":
         return LmEvalPredictions(self.ll[rows], self.greedy[rows], [[g[r] for r in rows] for g in self.texts])
+
+    @classmethod
+    def join(cls, parts: Sequence["LmEvalPredictions"]) -> "LmEvalPredictions":
+        texts = [[row for p in parts for row in p.texts[g]] for g in range(len(parts[0].texts))]
+        return LmEvalPredictions(torch.cat([p.ll for p in parts]), torch.cat([p.greedy for p in parts]), texts)
 
 
 @dataclass
@@ -133,6 +139,8 @@ class LmEval(UtilityConfig):
     share_prefix: bool = True
     layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description="as the other model-based "
                                   "utilities: frozen lower layers' outputs kept across calls (0: off)")
+    memo_rows: int = Field(DEFAULT_MEMO_ROWS, ge=0, description="as the other model-based utilities: "
+                           "particles whose predictions are kept by content (0: off)")
     _state: dict = PrivateAttr(default_factory=dict)
 
     # -- tasks -----------------------------------------------------------------------------------
@@ -334,12 +342,16 @@ class LmEvalScorer(Ensembling):
         self.name = name
         self.cfg, self.ev, self.plans, self.requests, self.groups = cfg, ev, plans, requests, groups
         self.need_greedy = need_greedy
+        self.memo = PredictionMemo(cfg.memo_rows)
 
     @property
     def example_ids(self) -> list[str]:
         return [f"{p.name}/{d}" if len(self.plans) > 1 else str(d) for p in self.plans for d in p.doc_ids]
 
     def predict(self, particles: torch.Tensor) -> LmEvalPredictions:
+        return self.memo.predict(particles, self._predict)
+
+    def _predict(self, particles: torch.Tensor) -> LmEvalPredictions:
         B, mb = particles.shape[0], self.cfg.micro_batch
         E = len(self.requests)
         ll = self.ev.loglikelihood(particles, self.requests, micro_batch=mb) if E else torch.zeros(B, 0, dtype=torch.float64)

@@ -61,6 +61,11 @@ class Predictions(ABC):
     def __getitem__(self, idx: Any) -> "Predictions":
         return self.take(_indices(idx, len(self)))
 
+    @classmethod
+    def join(cls, parts: Sequence["Predictions"]) -> "Predictions":
+        """The predictions of every particle of `parts`, in order (the inverse of take)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be joined")
+
 
 @dataclass(frozen=True)
 class ClassScores(Predictions):
@@ -72,6 +77,10 @@ class ClassScores(Predictions):
 
     def take(self, rows: list[int]) -> "ClassScores":
         return ClassScores(self.scores[rows])
+
+    @classmethod
+    def join(cls, parts: Sequence["ClassScores"]) -> "ClassScores":
+        return ClassScores(torch.cat([p.scores for p in parts]))
 
 
 class _PerParticleLists(Predictions):
@@ -86,6 +95,10 @@ class _PerParticleLists(Predictions):
     def take(self, rows: list[int]) -> "_PerParticleLists":
         every = self._rows()
         return type(self)([every[r] for r in rows])
+
+    @classmethod
+    def join(cls, parts: Sequence["_PerParticleLists"]) -> "_PerParticleLists":
+        return cls([row for p in parts for row in p._rows()])
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,10 @@ class TaskPredictions(Predictions):
 
     def take(self, rows: list[int]) -> "TaskPredictions":
         return TaskPredictions({k: v.take(rows) for k, v in self.tasks.items()})
+
+    @classmethod
+    def join(cls, parts: Sequence["TaskPredictions"]) -> "TaskPredictions":
+        return TaskPredictions({k: type(v).join([p.tasks[k] for p in parts]) for k, v in parts[0].tasks.items()})
 
 
 # -- the protocol -------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ class RewardModel(_ResponseUtility):
                 norm = norm + self.length_weight * (frac if self.length_preference == "verbose" else 1 - frac)
             return norm
         return PredictionScorer(f"reward_model[{split}]", predict=generate, example_scores=per_example,
-                                ensemble=_consensus_ensemble(per_example), ids=ids)
+                                ensemble=_consensus_ensemble(per_example), ids=ids,
+                                memo_rows=self.memo_rows)
 
 
 DEFAULT_JUDGE_TEMPLATE = ("Rate the response to the instruction on a scale of 1 to 10 and answer as "
@@ -177,7 +178,8 @@ class LLMJudge(_ResponseUtility):
                                   for v in verdicts], dtype=torch.float64)
             return found.view(len(preds), len(examples))
         return PredictionScorer(f"llm_judge[{split}]", predict=generate, example_scores=ratings,
-                                ensemble=_consensus_ensemble(ratings), ids=ids)
+                                ensemble=_consensus_ensemble(ratings), ids=ids,
+                                memo_rows=self.memo_rows)
 
 
 def _consensus_ensemble(per_example: Callable[[Responses], torch.Tensor]):
