@@ -146,10 +146,11 @@ def test_lower_layers_are_served_across_groupings(setup, kind):
     assert rows.shape[0] >= 3
     lowest = _Counter(ev.shared_layers[0][0])
     torch.testing.assert_close(call(rows[:3]), ref_call(rows[:3]), rtol=0, atol=1e-5)
-    ran = lowest.rows
-    assert ran > 0 and len(ev.layer_cache) > 0
+    ran, misses, hits = lowest.rows, ev.layer_cache.misses, ev.layer_cache.hits
+    assert ran > 0 and len(ev.layer_cache) > 0 and hits == 0
     got = call(rows[:1])
     assert lowest.rows == ran  # every example of the new batches came from the cache
+    assert ev.layer_cache.misses == misses and ev.layer_cache.hits > 0
     torch.testing.assert_close(got, ref_call(rows[:1]), rtol=0, atol=1e-5)
     if kind == "loglik_shared_context":  # the 1-particle prefill batches pair contexts of unequal length
         by_len = sorted(len(c) for c in ctxs)
@@ -168,3 +169,23 @@ def test_a_batch_with_a_missing_example_runs_whole_and_records_it(setup):
     torch.testing.assert_close(got, ref_ev.next_token_logits(rows[:1], ctxs, cands, micro_batch=6), rtol=0, atol=1e-5)
     ev.next_token_logits(rows[:3], ctxs, cands, micro_batch=6)  # 2 per pass: all served
     assert lowest.rows == 9
+
+
+def test_context_prefill_and_continuations_are_served_together(setup):
+    """first_token caches the whole contexts, which are also loglik's context prefill entries; their
+    continuation passes are not cached yet, so neither pass is served (the KV cache's lower-layer slots
+    must be all real or all placeholders) and both count as misses; the next call serves both."""
+    ev, rows, ctxs, cands = _evaluator(setup, 2**30)
+    ref_ev, *_ = _evaluator(setup, 0)
+    tok = load_tokenizer(setup.model_dir)
+    calls, ref_calls = _calls(ev, tok, ctxs, cands), _calls(ref_ev, tok, ctxs, cands)
+    lowest = _Counter(ev.shared_layers[0][0])
+    calls["first_token"](rows[:1])  # one batch of 6 contexts
+    assert (lowest.rows, ev.layer_cache.hits, ev.layer_cache.misses) == (6, 0, 1)
+    ref = ref_calls["loglik_shared_context"](rows[:1])
+    torch.testing.assert_close(calls["loglik_shared_context"](rows[:1]), ref, rtol=0, atol=1e-5)
+    n_batches = 3  # 6 contexts x 3 continuations at 6 rows per pass
+    assert lowest.rows == 6 + 6 + 18  # the prefills ran again although their contexts were cached
+    assert (ev.layer_cache.hits, ev.layer_cache.misses) == (0, 1 + 2 * n_batches)
+    torch.testing.assert_close(calls["loglik_shared_context"](rows[:1]), ref, rtol=0, atol=1e-5)
+    assert lowest.rows == 30 and ev.layer_cache.hits == 2 * n_batches

@@ -243,9 +243,8 @@ class ParticleEvaluator:
         key_ctx = self._lower_key(ids0, mask0, shared or pb == 1)
         key_cont = (self._lower_key(torch.cat([ids0.index_select(0, own), kid], 1), full_mask, shared or pb == 1,
                                     covered=Tk) if multi and key_ctx is not None else None)
-        hit_ctx, hit_cont = self._lower_hit(key_ctx), self._lower_hit(key_cont)
-        if hit_ctx is None or (multi and hit_cont is None):
-            hit_ctx = hit_cont = None
+        hits = self._lower_hit(key_ctx, *([key_cont] if multi else []))
+        hit_ctx, hit_cont = hits[0], (hits[1] if multi else None)
         ids, mask = (ids0, mask0) if shared or pb == 1 else (ids0.repeat(pb, 1), mask0.repeat(pb, 1))
         tail = torch.arange(ids.shape[0] if not shared else pb * n_q, device=dev) * ids.shape[1] + ids.shape[1] - 1
         with self._expanding(n_q if shared else None, pb), self._lower_cached(key_ctx, hit_ctx), \
@@ -314,7 +313,7 @@ class ParticleEvaluator:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         key = self._lower_key(ids, mask, shared or pb == 1)
-        with self._expanding(n if shared else None, pb), self._lower_cached(key, self._lower_hit(key)), \
+        with self._expanding(n if shared else None, pb), self._lower_cached(key, self._lower_hit(key)[0]), \
                 self._trimmed_tail(sel, pb):
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
                               cache=None, select=sel, tokens=tokens)
@@ -361,10 +360,12 @@ class ParticleEvaluator:
             return None
         return self.layer_cache.keys(ids, mask, ids.shape[1] if covered is None else covered)
 
-    def _lower_hit(self, key: BatchKeys | None) -> torch.Tensor | None:
-        if key is None or self._lower_tuple_len == "unknown":
-            return None
-        return self.layer_cache.get(key)
+    def _lower_hit(self, *keys: BatchKeys | None) -> list[torch.Tensor | None]:
+        """The cached states [n, T_h, H] of each batch, served together: all, or None for each."""
+        if any(k is None for k in keys):
+            return [None] * len(keys)
+        got = self.layer_cache.get(*keys)  # entries exist only once a recording pass saw the lower layers
+        return [None] * len(keys) if got is None or self._lower_tuple_len == "unknown" else got
 
     @contextlib.contextmanager
     def _lower_cached(self, key: BatchKeys | None, hit: torch.Tensor | None) -> Iterator[None]:

@@ -66,20 +66,23 @@ class LowerLayerCache:
             keys.append(h.digest())
         return BatchKeys(keys, mask[:, mask.shape[1] - covered:] != 0)
 
-    def get(self, batch: BatchKeys) -> torch.Tensor | None:
-        """The batch's hidden states [n, T_h, H] (zeros at pads) when every example is cached, else None."""
-        entries = []
-        for k in batch.keys:
-            hit = self._data.get(k)
-            if hit is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(k)
-            entries.append(hit)
-        self.hits += 1
-        first = entries[0]
-        out = first.new_zeros(*batch.real.shape, first.shape[-1])
-        out[batch.real] = torch.cat(entries)  # row-major: example i's real positions in order
+    def get(self, *batches: BatchKeys) -> list[torch.Tensor] | None:
+        """Each batch's hidden states [n, T_h, H] (zeros at pads) when every example of every batch is
+        cached, else None: batches asked together are served together (a context prefill and its
+        continuation pass) or not at all, and count as hits or misses together."""
+        if not all(k in self._data for b in batches for k in b.keys):
+            self.misses += len(batches)
+            return None
+        self.hits += len(batches)
+        out = []
+        for b in batches:
+            entries = []
+            for k in b.keys:
+                self._data.move_to_end(k)
+                entries.append(self._data[k])
+            hidden = entries[0].new_zeros(*b.real.shape, entries[0].shape[-1])
+            hidden[b.real] = torch.cat(entries)  # row-major: example i's real positions in order
+            out.append(hidden)
         return out
 
     def put(self, batch: BatchKeys, hidden: torch.Tensor) -> None:
