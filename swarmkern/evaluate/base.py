@@ -12,7 +12,10 @@ Two primitives serve every utility:
 Memory is bounded by `micro_batch` (rows of one forward pass = particles x examples). Subclasses say
 how to bind particle rows (`bind`) and may share the layers below the first adapted layer across
 particles (`shared_layers`): those run once on the n examples, then a pre-hook on the first adapted
-layer repeats the hidden states (and the per-example masks / rotary tables) for each particle.
+layer repeats the hidden states (and the per-example masks / rotary tables) for each particle. Those
+frozen layers' outputs are also kept across calls, per example (`layer_cache.py`): the batches of a call
+depend on its particle count, an example's states do not, so any later grouping of cached examples skips
+the lower layers.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from .fast_layers import speed_up
-from .layer_cache import LowerLayerCache, SkipLayer
+from .layer_cache import BatchKeys, LowerLayerCache, SkipLayer
 
 __all__ = ["ParticleEvaluator", "PlainEvaluator", "Requests", "encode_requests"]
 
@@ -238,13 +241,12 @@ class ParticleEvaluator:
             kid, kmask, Tk = self._right_padded(conts)
             full_mask = torch.cat([mask0.index_select(0, own), kmask], 1)
         # both passes are served from the lower-layer cache, or neither (the KV cache must be all real
-        # or all placeholders below the adapted layers); a continuation row's key includes its context
+        # or all placeholders below the adapted layers); a continuation's key includes its context
         key_ctx = self._lower_key(ids0, mask0, shared or pb == 1)
-        key_cont = (self._lower_key(torch.cat([ids0.index_select(0, own), kid], 1), full_mask, shared or pb == 1)
-                    if multi and key_ctx is not None else None)
-        hit_ctx, hit_cont = self._lower_hit(key_ctx), self._lower_hit(key_cont)
-        if hit_ctx is None or (multi and hit_cont is None):
-            hit_ctx = hit_cont = None
+        key_cont = (self._lower_key(torch.cat([ids0.index_select(0, own), kid], 1), full_mask, shared or pb == 1,
+                                    covered=Tk) if multi and key_ctx is not None else None)
+        hits = self._lower_hit(key_ctx, *([key_cont] if multi else []))
+        hit_ctx, hit_cont = hits[0], (hits[1] if multi else None)
         ids, mask = (ids0, mask0) if shared or pb == 1 else (ids0.repeat(pb, 1), mask0.repeat(pb, 1))
         tail = torch.arange(ids.shape[0] if not shared else pb * n_q, device=dev) * ids.shape[1] + ids.shape[1] - 1
         with self._expanding(n_q if shared else None, pb), self._lower_cached(key_ctx, hit_ctx), \
@@ -313,7 +315,7 @@ class ParticleEvaluator:
             ids, mask = ids.repeat(pb, 1), mask.repeat(pb, 1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         key = self._lower_key(ids, mask, shared or pb == 1)
-        with self._expanding(n if shared else None, pb), self._lower_cached(key, self._lower_hit(key)), \
+        with self._expanding(n if shared else None, pb), self._lower_cached(key, self._lower_hit(key)[0]), \
                 self._trimmed_tail(sel, pb):
             return self._call(rows, input_ids=ids, attention_mask=mask, position_ids=position_ids,
                               cache=None, select=sel, tokens=tokens)
@@ -349,25 +351,29 @@ class ParticleEvaluator:
             for h in handles:
                 h.remove()
 
-    def _lower_key(self, ids: torch.Tensor, mask: torch.Tensor, per_example: bool) -> bytes | None:
-        """The cross-call cache key of a batch [n, T] whose lower layers see one row per example
-        (per_example), or None when the cache is off: nothing is shared below the adapted layers, the
-        limit is 0, or rows are repeated per particle (share_prefix off)."""
+    def _lower_key(self, ids: torch.Tensor, mask: torch.Tensor, per_example: bool,
+                   covered: int | None = None) -> BatchKeys | None:
+        """The cross-call cache keys of a batch ids, mask [n, T] whose lower layers see one row per example
+        (per_example) and whose hidden states cover the last `covered` columns (default all), or None
+        when the cache is off: nothing is shared below the adapted layers, the limit is 0, or rows are
+        repeated per particle (share_prefix off)."""
         if (not per_example or self.shared_layers is None or self.shared_layers[1] == 0
                 or self.layer_cache.limit_bytes <= 0):
             return None
-        return self.layer_cache.key(ids, mask)
+        return self.layer_cache.keys(ids, mask, ids.shape[1] if covered is None else covered)
 
-    def _lower_hit(self, key: bytes | None) -> torch.Tensor | None:
-        if key is None or self._lower_tuple_len == "unknown":
-            return None
-        return self.layer_cache.get(key)
+    def _lower_hit(self, *keys: BatchKeys | None) -> list[torch.Tensor | None]:
+        """The cached states [n, T_h, H] of each batch, served together: all, or None for each."""
+        if any(k is None for k in keys):
+            return [None] * len(keys)
+        got = self.layer_cache.get(*keys)  # entries exist only once a recording pass saw the lower layers
+        return [None] * len(keys) if got is None or self._lower_tuple_len == "unknown" else got
 
     @contextlib.contextmanager
-    def _lower_cached(self, key: bytes | None, hit: torch.Tensor | None) -> Iterator[None]:
+    def _lower_cached(self, key: BatchKeys | None, hit: torch.Tensor | None) -> Iterator[None]:
         """With a cached `hit` for this batch: the layers below the first adapted one are skipped (SkipLayer)
         and the first adapted layer gets the cached hidden states. Without: the batch runs normally and
-        its states entering the first adapted layer are recorded under `key` (None: neither)."""
+        its examples' states entering the first adapted layer are recorded under `key` (None: neither)."""
         if key is None:
             yield
             return

@@ -1,31 +1,50 @@
-"""Cache of the frozen lower layers' outputs across evaluator calls.
+"""Cache of the frozen lower layers' outputs across evaluator calls, one entry per example.
 
 The layers below the first adapted layer compute the same thing for every particle and every call on
 the same examples (LoRA particles adapt only the layers above). The evaluator therefore keeps the hidden
-states entering the first adapted layer, per batch of examples, and on a later call with the same batch
-skips the lower layers: only the embeddings (cheap) and the adapted layers run.
+states entering the first adapted layer and on a later call skips the lower layers: only the embeddings
+(cheap) and the adapted layers run.
 
-Keys are the batch's content (token ids and mask, hashed), so a dataset split, a request set or a
-batching of them is its own entry and nothing can be served to the wrong inputs; the cache lives in one
-evaluator (one model, one dtype, one device). Memory is bounded by `limit_bytes` (least recently used
-entries are evicted first; an entry larger than the limit is not kept). Full-weight particles change the
-lower layers, so their evaluator has no cache.
+Entries are per example, not per batch: how examples are grouped into forward passes depends on the
+particle count (micro_batch // particles per pass), so a baseline with 1 particle or an ensemble with 3
+after a 12-particle search would miss every batch-keyed entry. An example's real positions do not depend
+on its batch (pads are masked, positions count real tokens only), so its entry holds just those, [L, H],
+and a batch is rebuilt from its examples' entries with zeros at the pads, wherever its padding puts them.
+
+An entry's key is the example's content: its real token ids and how many of them come before the
+positions the states cover (a continuation pass covers only the continuation, after its context), hashed;
+nothing is served to other inputs. The cache lives in one evaluator (one model, one dtype, one device).
+A batch is served only when every example is cached; otherwise its lower layers run and every example is
+recorded. Memory is bounded by `limit_bytes` (least recently used entries are evicted first; an entry
+larger than the limit is not kept). Full-weight particles change the lower layers, so their evaluator has
+no cache.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["LowerLayerCache", "DEFAULT_LIMIT_BYTES", "SkipLayer"]
+__all__ = ["LowerLayerCache", "BatchKeys", "DEFAULT_LIMIT_BYTES", "SkipLayer"]
 
 DEFAULT_LIMIT_BYTES = 512 * 2**20  # 512 MiB: the demo's 200 questions x ~30 tokens x 576 (fp32) take ~14 MB
 
 
+@dataclass
+class BatchKeys:
+    """The entry keys of a batch's n examples and where their real tokens are among the T_h positions the
+    hidden states [n, T_h, H] cover: real [n, T_h] bool."""
+    keys: list[bytes]
+    real: torch.Tensor
+
+
 class LowerLayerCache:
-    """LRU map: batch key -> hidden states [n, T, H] entering the first adapted layer."""
+    """LRU map: example key -> hidden states [L, H] at the example's L real positions, entering the first
+    adapted layer. Counters: `hits` / `misses` count batches (served from the cache / lower layers run),
+    `evictions` count entries (examples)."""
 
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES):
         self.limit_bytes = int(limit_bytes)
@@ -34,29 +53,49 @@ class LowerLayerCache:
         self.hits = self.misses = self.evictions = 0
 
     @staticmethod
-    def key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
-        """A digest of the batch's token ids and mask (shapes included)."""
-        h = hashlib.blake2b(digest_size=20)
-        for t in (ids, mask):
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
-        return h.digest()
+    def keys(ids: torch.Tensor, mask: torch.Tensor, covered: int) -> BatchKeys:
+        """Keys of the n examples of ids, mask [n, T], whose hidden states cover the last `covered` columns:
+        a digest of each row's real ids and of how many of them lie before those columns."""
+        ids_np = ids.detach().to("cpu", torch.int64).numpy()
+        real_np = mask.detach().cpu().numpy() != 0
+        before = real_np[:, :real_np.shape[1] - covered].sum(1)
+        keys = []
+        for row, real, b in zip(ids_np, real_np, before.tolist()):
+            h = hashlib.blake2b(int(b).to_bytes(8, "little"), digest_size=20)
+            h.update(row[real].tobytes())
+            keys.append(h.digest())
+        return BatchKeys(keys, mask[:, mask.shape[1] - covered:] != 0)
 
-    def get(self, key: bytes) -> torch.Tensor | None:
-        hit = self._data.get(key)
-        if hit is None:
-            self.misses += 1
+    def get(self, *batches: BatchKeys) -> list[torch.Tensor] | None:
+        """Each batch's hidden states [n, T_h, H] (zeros at pads) when every example of every batch is
+        cached, else None: batches asked together are served together (a context prefill and its
+        continuation pass) or not at all, and count as hits or misses together."""
+        if not all(k in self._data for b in batches for k in b.keys):
+            self.misses += len(batches)
             return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return hit
+        self.hits += len(batches)
+        out = []
+        for b in batches:
+            entries = []
+            for k in b.keys:
+                self._data.move_to_end(k)
+                entries.append(self._data[k])
+            hidden = entries[0].new_zeros(*b.real.shape, entries[0].shape[-1])
+            hidden[b.real] = torch.cat(entries)  # row-major: example i's real positions in order
+            out.append(hidden)
+        return out
 
-    def put(self, key: bytes, hidden: torch.Tensor) -> None:
-        size = hidden.numel() * hidden.element_size()
-        if size > self.limit_bytes or key in self._data:
-            return
-        self._data[key] = hidden
-        self.bytes += size
+    def put(self, batch: BatchKeys, hidden: torch.Tensor) -> None:
+        """Record every example of hidden [n, T_h, H]: its real positions, cloned (the padded batch is
+        not kept alive)."""
+        lengths = batch.real.sum(1).tolist()
+        for k, h in zip(batch.keys, hidden[batch.real].split(lengths)):
+            size = h.numel() * h.element_size()
+            if k in self._data:
+                self._data.move_to_end(k)
+            elif size <= self.limit_bytes:
+                self._data[k] = h.clone()
+                self.bytes += size
         self._shrink()
 
     def resize(self, limit_bytes: int) -> None:
