@@ -125,7 +125,8 @@ def main() -> None:
     prompt = prompt_template(tok)
     choice = resolve_compute_dtype("auto", "cpu")
     print(f"compute dtype auto: {choice.name} ({choice.reason}); {torch.get_num_threads()} threads", flush=True)
-    base = {"type": "multiple_choice", "model": str(model_dir), "dev": str(data), "template": prompt}
+    # memo_rows 0: every timed call runs the model (the memo would serve the repeated particles)
+    base = {"type": "multiple_choice", "model": str(model_dir), "dev": str(data), "template": prompt, "memo_rows": 0}
     if args.micro_batch:
         base["micro_batch"] = args.micro_batch
     results: dict[str, tuple[float, float, torch.Tensor]] = {}
