@@ -5,7 +5,7 @@ split as the report split, for several seeds.
 
     python benchmarks/study_demo_holdout.py --seeds 0,1,2 \
         --candidate long '{"max_iters": 12, "patience": 6}' --candidate short '{"max_iters": 8, "patience": 4}' \
-        --work /tmp/holdout --out benchmarks/results/demo_holdout_study.md
+        --work DIR --out benchmarks/results/demo_holdout_study.md
 
 Each seed uses its own expert pool (shipped for seed 0; other seeds train theirs once into the cache) and
 its own quiz: the demo's dev split drives the search; `holdout` (200 questions, disjoint from dev and test,
