@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+
+
+ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")  # shown in the command
 
 
 def run_one(name: str, seed: int, overrides: dict, work: Path, methods: list[str]) -> dict:
@@ -91,7 +95,8 @@ def main() -> None:
         means.append(f"- {name}: mean holdout gain of the swarm over the best single expert {sum(gains) / len(gains):+.1f} points")
     text = "\n".join([
         "# The demo's search settings on the held-out split", "",
-        f"Command: `python benchmarks/study_demo_holdout.py --seeds {args.seeds} "
+        "Command: `" + "".join(f"{k}={os.environ[k]} " for k in ISA_VARS if k in os.environ)
+        + f"python benchmarks/study_demo_holdout.py --seeds {args.seeds} "
         + " ".join(f"--candidate {n} '{o}'" for n, o in args.candidate) + f" --work DIR --out {args.out}`", "",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; compute dtype {dtype.name} ({dtype.reason}).",
