@@ -184,8 +184,8 @@ def main() -> None:
                 f"LoRA r=8 on {', '.join(TARGETS)} of the top {args.top_layers} layers, {args.particles} particles, "
                 f"{args.questions} four-choice questions (the demo's dev quiz and prompt). One utility call scores "
                 "every particle on every question (one swarm iteration's evaluation). Best of "
-                f"{args.repeats} calls after a warm-up call; CPU seconds are the process's own CPU time (this "
-                "machine is shared with other jobs, so wall seconds are inflated and noisy).\n\n")
+                f"{args.repeats} calls after a warm-up call; CPU seconds are the process's own CPU time (wall "
+                "seconds are inflated and noisy when other jobs share the machine).\n\n")
         old = out.read_text() if args.append and out.exists() else head
         atomic_write_text(out, old + "\n" + section)
 
