@@ -112,7 +112,7 @@ def main() -> None:
     cmd = "python benchmarks/bench_sweep.py " + " ".join("DIR" if a.startswith("/") else a for a in sys.argv[1:])
     lines = [
         f"Command: `{cmd.strip()}`", "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads", "",
         f"Pool: {pool_name}. S = {args.configs} configurations (random draws from the authors' ranges), "
         f"{base.n_particles} particles{' (the base model among them)' if base.include_base else ''}, {args.iters} iterations each (no early stop). Median of {args.repeats} "
