@@ -7,8 +7,11 @@ instance, by forwards that compute the same numbers:
 
 - RMSNorm: `torch.nn.functional.rms_norm` (one fused kernel) in fp32, then the cast and the weight as
   transformers does them, so a bf16 model rounds where it rounded before;
-- SiLU-gated MLP: SiLU and the product in place on the gate's output. Only without autograd (the demo
-  trains its experts through the same model, and backward needs the unmodified gate).
+- SiLU-gated MLP: SiLU and the product in place on the gate's output.
+
+Both only without autograd: the demo trains its experts through the same model, backward needs the
+unmodified gate, and training keeps exactly the gradients it had (`--retrain` rebuilds the shipped
+experts bit for bit).
 
 Only module classes known to compute exactly `weight * (x / rms(x))` (norms) or
 `down(silu(gate(x)) * up(x))` (MLPs) are touched; every other module keeps its own forward.
@@ -31,6 +34,8 @@ GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolL
 
 
 def _rms_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled():  # training keeps transformers' own graph (and its gradients, bit for bit)
+        return type(self).forward(self, hidden_states)
     x = hidden_states.to(torch.float32)
     y = F.rms_norm(x, (x.shape[-1],), None, self.variance_epsilon)
     return self.weight * y.to(hidden_states.dtype)
