@@ -78,7 +78,12 @@ class RunConfig(BaseModel):
         return spec
 
     def expert_sources(self) -> list[str]:
-        sources = list(self.experts.paths)
+        """The experts' local paths: `paths` (Hub ids resolved: local path, then the Hugging Face cache,
+        then a download; swarmkern/hub.py), then the `glob` matches (local files only)."""
+        from swarmkern.hub import resolve_local
+
+        sources = [str(resolve_local(p, what=f"experts.paths[{i}]", kind="expert"))
+                   for i, p in enumerate(self.experts.paths)]
         if self.experts.glob:
             matched = sorted(globlib.glob(self.experts.glob))
             if not matched:
@@ -120,6 +125,25 @@ def parse_override(item: str) -> tuple[str, Any]:
 UTILITY_PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "reward_tokenizer", "judge",
                        "judge_tokenizer", "include_path")
 METHOD_PATH_FIELDS = ("dev", "test", "model")  # options of compare methods (e.g. an ensemble's files)
+# Of those, the fields that may also name a Hub id (org/name[@revision]): kept as they are unless a path
+# of that name exists next to the config file (swarmkern/hub.py resolves them when they are loaded).
+MODEL_FIELDS = ("model", "tokenizer", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer", "paths")
+
+
+def _resolve_fields(mapping: dict[str, Any], fields: Sequence[str], base: str | Path) -> dict[str, Any]:
+    """resolve_path_fields, leaving Hub ids of the MODEL_FIELDS alone."""
+    from swarmkern.hub import keep_hub_id
+
+    out = resolve_path_fields(mapping, fields, base)
+    for key in fields:
+        if key not in MODEL_FIELDS or key not in mapping:
+            continue
+        value = mapping[key]
+        if isinstance(value, list):
+            out[key] = [v if keep_hub_id(v, base) else r for v, r in zip(value, out[key])]
+        elif keep_hub_id(value, base):
+            out[key] = value
+    return out
 
 
 def resolve_utility_paths(spec: Any, base: str | Path) -> Any:
@@ -127,7 +151,7 @@ def resolve_utility_paths(spec: Any, base: str | Path) -> Any:
     are resolved task by task. Other fields (and non-mappings) are untouched."""
     if not isinstance(spec, dict):
         return spec
-    out = resolve_path_fields(spec, UTILITY_PATH_FIELDS, base)
+    out = _resolve_fields(spec, UTILITY_PATH_FIELDS, base)
     if isinstance(out.get("tasks"), dict):
         out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
     return out
@@ -138,12 +162,12 @@ def resolve_config_paths(data: dict[str, Any], base: Path) -> None:
     in place: experts.paths / glob, utility files (every task's), output.dir, compare.methods options."""
     for section, fields in (("experts", ("paths", "glob")), ("output", ("dir",))):
         if isinstance(data.get(section), dict):
-            data[section] = resolve_path_fields(data[section], fields, base)
+            data[section] = _resolve_fields(data[section], fields, base)
     if isinstance(data.get("utility"), dict):
         data["utility"] = resolve_utility_paths(data["utility"], base)
     compare = data.get("compare")
     if isinstance(compare, dict) and isinstance(compare.get("methods"), list):
-        compare["methods"] = [resolve_path_fields(m, METHOD_PATH_FIELDS, base) if isinstance(m, dict) else m
+        compare["methods"] = [_resolve_fields(m, METHOD_PATH_FIELDS, base) if isinstance(m, dict) else m
                               for m in compare["methods"]]
 
 

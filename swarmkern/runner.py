@@ -39,6 +39,21 @@ def save_run_config(config: RunConfig, output_dir: Path) -> Path:
     return path
 
 
+def record_hub_ids(output_dir: Path, summary: dict[str, Any] | None) -> None:
+    """Add the Hub ids this process resolved (each with its commit; swarmkern/hub.py) to a run's
+    summary.json as `hub_ids`, so the run can be reproduced with every id pinned."""
+    from swarmkern.hub import resolved_ids
+
+    ids = resolved_ids()
+    path = Path(output_dir) / "summary.json"
+    if summary is None or not ids or not path.is_file():
+        return
+    summary["hub_ids"] = ids
+    saved = _read_json(path)
+    saved["hub_ids"] = ids
+    atomic_write_json(path, saved, indent=2)
+
+
 def run_search(config: RunConfig, *, collective=None):
     """Load the experts, build the utility, run the search, let the utility write its own outputs.
     Returns the SwarmResult."""
@@ -56,6 +71,7 @@ def run_search(config: RunConfig, *, collective=None):
     result = swarm.run()
     if swarm.collective.rank == 0:
         built.finalize(out)
+        record_hub_ids(out, getattr(result, "summary", None))
     return result
 
 
@@ -80,6 +96,7 @@ def resume_search(output_dir: str | Path, *, collective=None):
     result = swarm.run()
     if swarm.collective.rank == 0:
         built.finalize(output_dir)
+        record_hub_ids(output_dir, getattr(result, "summary", None))
     return result
 
 
@@ -131,6 +148,7 @@ def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
     result = sweep.run()
     if rank0:
         built.finalize(out)
+        record_hub_ids(out, getattr(result, "summary", None))
     return result
 
 

@@ -206,3 +206,27 @@ def cached_tiny_setup(**kwargs) -> TinySetup:
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         _SETUPS[key] = build_tiny_setup(root, **kwargs)
     return _SETUPS[key]
+
+
+def write_hub_snapshot(cache_dir: str | os.PathLike, repo_id: str, src: str | os.PathLike, *, commit: str,
+                       refs: Sequence[str] = ("main",), repo_type: str = "model") -> Path:
+    """Put the files of `src` (a directory) into a Hugging Face hub cache as huggingface_hub lays it out:
+    <cache>/<type>s--org--name/blobs/<hash>, snapshots/<commit>/<file> -> ../../blobs/<hash>, and
+    refs/<ref> holding the commit. Tests resolve Hub ids from it offline. Returns the snapshot dir."""
+    import hashlib
+
+    repo = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot

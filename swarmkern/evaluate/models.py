@@ -1,8 +1,10 @@
 """Local models and tokenizers, loaded once per process and cached (the search evaluates thousands of
 particles with one base model; reloading it per evaluation is what made the reference code slow).
 
-Every loader takes a local directory (never a hub id) and returns an eval-mode model whose parameters
-do not require gradients. Cache keys are (kind, resolved path, dtype, device).
+Every loader takes a local directory or a Hugging Face Hub id (`org/name[@revision]`, resolved by
+swarmkern/hub.py: an existing local path wins, then the Hub cache, then a download) and returns an
+eval-mode model whose parameters do not require gradients. Cache keys are (kind, resolved path, dtype,
+device).
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "auto")
 
 
 def _local_dir(path: str | os.PathLike, what: str) -> Path:
-    p = Path(path).expanduser()
+    from swarmkern.hub import resolve_local
+
+    p = resolve_local(path, what=what, kind="tokenizer" if what == "tokenizer" else "model")
     if not p.is_dir():
-        raise ModelLoadError(f"{what}: {p} is not a local directory (models are never downloaded)")
+        raise ModelLoadError(f"{what}: {p} is neither a local directory nor a Hub id (org/name[@revision])")
     if not (p / "config.json").is_file() and what != "tokenizer":
         raise ModelLoadError(f"{what}: {p} has no config.json (not a transformers model directory)")
     return p.resolve()

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, PrivateAttr
 
 from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
+from swarmkern.hub import resolve_local
 
 from .memo import DEFAULT_MEMO_ROWS, PredictionMemo
 from .protocol import Ensembling, FunctionUtility, Predictions
@@ -25,9 +26,9 @@ _EVALUATORS: dict[tuple, Any] = {}
 
 class ModelUtility(UtilityConfig):
     """Fields shared by the utilities that run the particles as a language model."""
-    model: str | None = Field(None, description="base model directory (default: the adapters' "
-                                                "base_model_name_or_path); required for full-weight experts")
-    tokenizer: str | None = Field(None, description="tokenizer directory (default: the model directory)")
+    model: str | None = Field(None, description="base model: a directory or a Hub id org/name[@revision] (default: "
+                                                "the adapters' base_model_name_or_path); required for full-weight experts")
+    tokenizer: str | None = Field(None, description="tokenizer directory or Hub id (default: the model's)")
     dev: str = Field(description="JSONL file scored during the search")
     test: str | None = Field(None, description="JSONL file scored only for the report")
     max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
@@ -147,8 +148,9 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         model = (pool.adapter_config or {}).get("base_model_name_or_path") if kind == "peft" else None
         if not model:
             raise ValueError("utility.model: required (the base model directory the experts belong to)")
-    model_dir = str(Path(model).expanduser().resolve())
-    tok_dir = str(Path(tokenizer or model).expanduser().resolve())
+    model_dir = str(resolve_local(model, what="utility.model", kind="model").resolve())
+    tok_dir = (str(resolve_local(tokenizer, what="utility.tokenizer", kind="tokenizer").resolve())
+               if tokenizer else model_dir)
     dev = str(resolve_device(device))
     dtype = resolve_dtype(dtype, dev)
     key = (kind, model_dir, tok_dir, dtype, dev, share_prefix,
@@ -180,8 +182,9 @@ def plain_evaluator(model_dir: str, *, tokenizer: str | None = None, dtype: str 
     from swarmkern.evaluate.base import PlainEvaluator
     from swarmkern.evaluate.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
-    model_dir = str(Path(model_dir).expanduser().resolve())
-    tok_dir = str(Path(tokenizer or model_dir).expanduser().resolve())
+    model_dir = str(resolve_local(model_dir, what="utility.judge", kind="model").resolve())
+    tok_dir = (str(resolve_local(tokenizer, what="utility.judge_tokenizer", kind="tokenizer").resolve())
+               if tokenizer else model_dir)
     dev = str(resolve_device(device))
     dtype = resolve_dtype(dtype, dev)
     key = ("plain", model_dir, tok_dir, dtype, dev)

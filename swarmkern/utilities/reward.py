@@ -46,7 +46,7 @@ class RewardModel(_ResponseUtility):
     length_weight * L (verbose) or length_weight * (1 - L) (concise), L = response tokens / max_new_tokens.
     """
     type: str = "reward_model"
-    reward_model: str = Field(description="directory of an AutoModelForSequenceClassification with one label")
+    reward_model: str = Field(description="directory or Hub id of an AutoModelForSequenceClassification with one label")
     reward_tokenizer: str | None = Field(None, description="its tokenizer (default: the reward model dir)")
     reward_template: str = Field("{prompt}{response}", description="text the reward model scores")
     reward_batch_size: int = Field(16, gt=0)
@@ -66,7 +66,7 @@ class RewardModel(_ResponseUtility):
         from swarmkern.evaluate.models import check_vocab, load_reward_model, load_tokenizer
 
         model = load_reward_model(self.reward_model, dtype=self.dtype, device=self.device)
-        tok = load_tokenizer(self.reward_tokenizer or self.reward_model)
+        tok = load_tokenizer(self.reward_tokenizer or self.reward_model)  # both take a Hub id too
         check_vocab(tok, model, f"reward_model {self.reward_model}")
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id  # needed to find each row's last token
@@ -144,7 +144,7 @@ class LLMJudge(_ResponseUtility):
     The judge sees `judge_template` ({prompt}, {response}); its output is searched with
     `rating_pattern` (default: "k/10", optionally after "Rating:"); unparseable -> `min_rating`."""
     type: str = "llm_judge"
-    judge: str = Field(description="directory of the judge AutoModelForCausalLM")
+    judge: str = Field(description="directory or Hub id of the judge AutoModelForCausalLM")
     judge_tokenizer: str | None = None
     judge_template: str = DEFAULT_JUDGE_TEMPLATE
     judge_max_new_tokens: int = Field(8, gt=0)
