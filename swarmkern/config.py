@@ -127,7 +127,8 @@ UTILITY_PATH_FIELDS = ("model", "tokenizer", "dev", "test", "reward_model", "rew
 METHOD_PATH_FIELDS = ("dev", "test", "model")  # options of compare methods (e.g. an ensemble's files)
 # Of those, the fields that may also name a Hub id (org/name[@revision]): kept as they are unless a path
 # of that name exists next to the config file (swarmkern/hub.py resolves them when they are loaded).
-MODEL_FIELDS = ("model", "tokenizer", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer", "paths")
+MODEL_FIELDS = ("model", "tokenizer", "reward_model", "reward_tokenizer", "judge", "judge_tokenizer", "paths",
+                "dataset")
 
 
 def _resolve_fields(mapping: dict[str, Any], fields: Sequence[str], base: str | Path) -> dict[str, Any]:
@@ -152,6 +153,10 @@ def resolve_utility_paths(spec: Any, base: str | Path) -> Any:
     if not isinstance(spec, dict):
         return spec
     out = _resolve_fields(spec, UTILITY_PATH_FIELDS, base)
+    for split in ("dev", "test"):  # a data source mapping: its local file or dataset directory
+        source = out.get(split)
+        if isinstance(source, dict):
+            out[split] = _resolve_fields(source, ("path", "dataset"), base)
     if isinstance(out.get("tasks"), dict):
         out["tasks"] = {k: resolve_utility_paths(t, base) for k, t in out["tasks"].items()}
     return out

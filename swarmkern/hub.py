@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 __all__ = ["HubError", "HubRef", "parse_hub_id", "is_hub_id", "resolve_local", "resolved_ids", "clear_resolved",
-           "hub_cache_dir", "hub_offline", "keep_hub_id"]
+           "hub_cache_dir", "hub_offline", "keep_hub_id", "cached_snapshot", "record_resolved"]
 
 Kind = Literal["model", "tokenizer", "adapter", "expert", "dataset", "any"]
 
@@ -105,6 +105,19 @@ def hub_offline() -> bool:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def cached_snapshot(ref: HubRef, repo_type: str = "model") -> Path | None:
+    """The snapshot directory of `ref` in the local Hub cache, or None when it is not there."""
+    return _from_cache(ref, repo_type, hub_cache_dir())
+
+
+def record_resolved(ref: HubRef, repo_type: str, commit: str, role: str, source: str) -> None:
+    """Remember an id this process resolved (resolved_ids(); summary.json's hub_ids)."""
+    with _LOCK:
+        _RESOLVED[(repo_type, ref.repo_id, ref.revision)] = Resolved(
+            id=ref.repo_id, revision=ref.revision or "main", commit=commit, repo_type=repo_type, role=role,
+            source=source)
 
 
 def _from_cache(ref: HubRef, repo_type: str, cache: Path) -> Path | None:
@@ -192,10 +205,7 @@ def resolve_local(value: str | os.PathLike, *, what: str, kind: Kind = "any", re
                            f"cache {cache} and HF_HUB_OFFLINE is set (download it online first, or give a local path)")
         path, source = _download(ref, repo_type, cache, kind, what), "download"
     _check_layout(path, kind, f"{what}: {ref} (commit {path.name[:12]})")
-    with _LOCK:
-        _RESOLVED[(repo_type, ref.repo_id, ref.revision)] = Resolved(
-            id=ref.repo_id, revision=ref.revision or "main", commit=path.name, repo_type=repo_type, role=what,
-            source=source)
+    record_resolved(ref, repo_type, path.name, what, source)
     return path
 
 

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, PrivateAttr
 
 from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
+from swarmkern.datasources import DataSource, materialize
 from swarmkern.hub import resolve_local
 
 from .memo import DEFAULT_MEMO_ROWS, PredictionMemo
@@ -29,8 +30,10 @@ class ModelUtility(UtilityConfig):
     model: str | None = Field(None, description="base model: a directory or a Hub id org/name[@revision] (default: "
                                                 "the adapters' base_model_name_or_path); required for full-weight experts")
     tokenizer: str | None = Field(None, description="tokenizer directory or Hub id (default: the model's)")
-    dev: str = Field(description="JSONL file scored during the search")
-    test: str | None = Field(None, description="JSONL file scored only for the report")
+    dev: str | DataSource = Field(description=(
+        "examples scored during the search: a .jsonl/.json/.csv/.parquet file or {dataset: org/name, config, "
+        "split, fields} (swarmkern/datasources.py)"))
+    test: str | DataSource | None = Field(None, description="examples scored only for the report (as dev)")
     max_examples: int | None = Field(None, gt=0, description="use the first N dev examples")
     max_test_examples: int | None = Field(None, gt=0, description="use the first N test examples")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -52,10 +55,11 @@ class ModelUtility(UtilityConfig):
         return split == "dev" or (split == "test" and self.test is not None)
 
     def split_file(self, split: str) -> tuple[Path, int | None]:
+        """(JSONL file of the split's examples, limit): other sources are converted to JSONL first."""
         if split == "dev":
-            return Path(self.dev), self.max_examples
+            return materialize(self.dev, "utility.dev"), self.max_examples
         if split == "test" and self.test is not None:
-            return Path(self.test), self.max_test_examples
+            return materialize(self.test, "utility.test"), self.max_test_examples
         raise ValueError(f"utility.{split}: no {split} split configured")
 
     def evaluator(self, pool: Any):

@@ -53,10 +53,12 @@ def _example_id(lineno: int, line: str) -> str:
 def _carve_file(spec: dict[str, Any], where: str, out_dir: Path, *, fraction: float, size: int | None,
                 seed: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     dev = spec.get("dev")
-    if not isinstance(dev, str):
+    if dev is None:
         raise SelectSplitError(f"{where}: a select split is carved from a dev JSONL file, and utility type "
                                f"{spec.get('type')!r} has none; use sweep.select: dev")
-    lines = _dev_lines(Path(dev), spec.get("max_examples"))
+    from swarmkern.datasources import materialize  # any source (CSV, Parquet, Hub dataset) -> JSONL rows
+
+    lines = _dev_lines(materialize(dev, f"{where}.dev"), spec.get("max_examples"))
     n = len(lines)
     k = size if size is not None else round(fraction * n)
     if not 0 < k < n:
