@@ -110,6 +110,11 @@ def _run_swarm(cfg: CompareConfig, pool, built, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = Swarm(cfg.run.swarm, pool, built.dev, output_dir=out / "swarm", overwrite=True).run()
     seconds = time.perf_counter() - t0
+    from swarmkern.provenance import record_run
+    from swarmkern.runner import save_run_config
+
+    save_run_config(cfg.run, out / "swarm")  # what `swarmkern export` reads (base model, experts, data)
+    record_run(out / "swarm", result.summary)
     s = result.summary
     test = None
     if built.test is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from swarmkern.atomic import atomic_write_bytes, atomic_write_json
 from swarmkern.config import ConfigError, RunConfig, load_run_config
+from swarmkern.provenance import record_run
 from swarmkern.distributed import LaunchEnv, TorchDistributedCollective, distributed_session, launch_env
 
 __all__ = ["RUN_CONFIG_NAME", "LAUNCH_JSON", "SELECT_DIR", "save_run_config", "run_search", "resume_search",
@@ -37,21 +38,6 @@ def save_run_config(config: RunConfig, output_dir: Path) -> Path:
     path = Path(output_dir) / RUN_CONFIG_NAME
     atomic_write_bytes(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
     return path
-
-
-def record_hub_ids(output_dir: Path, summary: dict[str, Any] | None) -> None:
-    """Add the Hub ids this process resolved (each with its commit; swarmkern/hub.py) to a run's
-    summary.json as `hub_ids`, so the run can be reproduced with every id pinned."""
-    from swarmkern.hub import resolved_ids
-
-    ids = resolved_ids()
-    path = Path(output_dir) / "summary.json"
-    if summary is None or not ids or not path.is_file():
-        return
-    summary["hub_ids"] = ids
-    saved = _read_json(path)
-    saved["hub_ids"] = ids
-    atomic_write_json(path, saved, indent=2)
 
 
 def run_search(config: RunConfig, *, collective=None):
@@ -71,7 +57,7 @@ def run_search(config: RunConfig, *, collective=None):
     result = swarm.run()
     if swarm.collective.rank == 0:
         built.finalize(out)
-        record_hub_ids(out, getattr(result, "summary", None))
+        record_run(out, getattr(result, "summary", None))
     return result
 
 
@@ -96,7 +82,7 @@ def resume_search(output_dir: str | Path, *, collective=None):
     result = swarm.run()
     if swarm.collective.rank == 0:
         built.finalize(output_dir)
-        record_hub_ids(output_dir, getattr(result, "summary", None))
+        record_run(output_dir, getattr(result, "summary", None))
     return result
 
 
@@ -148,7 +134,7 @@ def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
     result = sweep.run()
     if rank0:
         built.finalize(out)
-        record_hub_ids(out, getattr(result, "summary", None))
+        record_run(out, getattr(result, "summary", None))
     return result
 
 
