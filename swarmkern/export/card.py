@@ -40,9 +40,11 @@ def _hub_datasets(config: dict[str, Any] | None) -> list[str]:
 def card_metadata(run: RunInfo, what: str) -> dict[str, Any]:
     """The card's YAML metadata as a dict: base_model (a Hub id only), library_name, tags, datasets."""
     ref = parse_hub_id(run.base_model)
-    tags = ["swarmkern", "model-swarms", "merge"]
+    tags = ["swarmkern", "model-swarms"]
     if run.kind == "peft":
         tags += ["lora"] + (["peft"] if what == "adapter" else [])
+    if what == "merged":
+        tags.append("merge")
     meta: dict[str, Any] = {"library_name": "peft" if what == "adapter" else "transformers", "tags": tags}
     if ref is not None:
         meta["base_model"] = ref.repo_id
@@ -115,16 +117,13 @@ def _results(run: RunInfo) -> list[str]:
                 lines.append(row)
         lines.append("")
     else:
-        initial_dev = s.get("initial_dev_utilities") or []
-        initial_test = s.get("initial_test_utilities") or []
-        lines += ["| split | this model | best starting expert |", "| --- | ---: | ---: |",
-                  f"| dev (searched on) | {_fmt(s.get('best_dev_utility'))} | {_fmt(s.get('initial_best_dev_utility'))} |"]
+        ref_dev, ref_test = _best_starting_expert(s)
+        lines += ["| split | this model | best starting expert (on dev) |", "| --- | ---: | ---: |",
+                  f"| dev (searched on) | {_fmt(s.get('best_dev_utility'))} | {_fmt(ref_dev)} |"]
         if "test_utility" in s:
-            finite = [x for x in initial_test if x is not None]
-            lines.append(f"| test | {_fmt(s.get('test_utility'))} | {_fmt(max(finite) if finite else None)} |")
+            lines.append(f"| test | {_fmt(s.get('test_utility'))} | {_fmt(ref_test)} |")
         lines += ["", "No paired interval was recorded for this run (an older swarmkern): treat any difference "
                   "as unproven.", ""]
-        del initial_dev
     export = s.get("export")
     if isinstance(export, dict):
         lines.append(f"Exported: `{export.get('chosen', '?')}`, selected on {export.get('selected_on', '?')}"
@@ -138,6 +137,29 @@ def _results(run: RunInfo) -> list[str]:
     return lines
 
 
+def _best_starting_expert(s: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(dev, test) utility of the starting particle with the best dev utility: chosen on dev, never on test."""
+    dev = s.get("initial_dev_utilities") or []
+    starters = s.get("initial_test_particles") or list(range(len(dev)))
+    tests = s.get("initial_test_utilities") or []
+    scored = [(dev[i], k) for k, i in enumerate(starters) if i < len(dev) and dev[i] is not None]
+    if not scored:
+        return s.get("initial_best_dev_utility"), None
+    best_dev, k = max(scored, key=lambda t: t[0])
+    return best_dev, tests[k] if k < len(tests) else None
+
+
+def _swarm_settings(swarm: dict[str, Any]) -> dict[str, Any]:
+    """The fields that differ from SwarmConfig's defaults (the rest are the reference defaults)."""
+    from swarmkern.swarm.config import SwarmConfig
+
+    try:
+        defaults = SwarmConfig().model_dump(mode="json")
+    except Exception:  # a config from another version: show everything
+        return swarm
+    return {k: v for k, v in swarm.items() if defaults.get(k, object()) != v and k != "progress"}
+
+
 def _settings(run: RunInfo) -> list[str]:
     config = run.config or {}
     lines = ["## How it was made", ""]
@@ -148,6 +170,8 @@ def _settings(run: RunInfo) -> list[str]:
         verb = "sweep" if run.sweep or config.get("sweep") else "search"
         lines += [f"By `swarmkern {verb}` with the configuration below (the command line was not recorded).", ""]
     shown = {k: config[k] for k in ("swarm", "sweep", "utility") if config.get(k)}
+    if isinstance(shown.get("swarm"), dict):
+        shown["swarm"] = _swarm_settings(shown["swarm"])  # other fields: swarmkern's defaults
     if shown:
         lines += ["```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```", ""]
     s = run.summary
@@ -170,12 +194,12 @@ def model_card(run: RunInfo, what: str, *, check: dict[str, Any] | None = None, 
 
     ref = parse_hub_id(run.base_model)
     base = f"[{ref}](https://huggingface.co/{ref.repo_id})" if ref else f"`{run.base_model}`"
-    kind = ("a LoRA adapter (PEFT)" if what == "adapter" else
-            "the base model with the adapter merged into its weights" if run.kind == "peft" else
-            "the base model with the searched full weights")
+    kind = (f"a LoRA adapter (PEFT) for {base}" if what == "adapter" else
+            f"{base} with a LoRA adapter merged into its weights" if run.kind == "peft" else
+            f"{base} with some of its weights replaced by searched ones")
     body = [f"# {name or 'Model Swarms expert'}", "",
-            f"This is {kind} of {base}, found by a Model Swarms search (particle swarm optimisation over a pool "
-            "of expert weights) with [swarmkern](https://pypi.org/project/swarmkern/).", ""]
+            f"This is {kind}. Its weights were found by a Model Swarms search (particle swarm optimisation over "
+            "a pool of expert weights) with swarmkern; the settings and the results are below.", ""]
     experts = _experts_table(run)
     if experts:
         body += ["## Experts it came from", "", *experts, ""]
