@@ -8,9 +8,9 @@ from swarmkern.config import load_run_config
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypatch):
     cfg_dir = tmp_path / "cfg"
-    cfg_dir.mkdir()
+    (cfg_dir / "experts" / "a").mkdir(parents=True)  # an existing local path always wins over a Hub id
     (cfg_dir / "run.yaml").write_text(yaml.safe_dump({
-        "experts": {"paths": ["experts/a"]},
+        "experts": {"paths": ["experts/a", "my-org/expert-b@v1", "./missing/c"]},
         "utility": {"type": "multitask", "tasks": {
             "mc": {"type": "multiple_choice", "dev": "data/dev.jsonl", "test": "/abs/test.jsonl"},
             "em": {"type": "exact_match", "dev": "../em.jsonl"}}},
@@ -23,6 +23,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypa
     assert task["test"] == "/abs/test.jsonl"
     assert cfg.utility["tasks"]["em"]["dev"] == str(cfg_dir / "../em.jsonl")
     assert Path(cfg.experts.paths[0]) == cfg_dir / "experts/a"
+    assert cfg.experts.paths[1] == "my-org/expert-b@v1"  # no such path: a Hub id, resolved when loaded
+    assert Path(cfg.experts.paths[2]) == cfg_dir / "missing/c"  # ./ is always a path
 
 
 def test_compare_method_paths_go_through_the_same_resolver(tmp_path: Path):

@@ -129,7 +129,7 @@ class LmEval(UtilityConfig):
     max_length: int | None = Field(None, gt=0, description="context window (lm-eval's HF default: from the "
                                    "model config, else 2048)")
     add_bos_token: bool | None = Field(None, description="as lm-eval's HF model: None = the tokenizer's default")
-    model: str | None = Field(None, description="base model directory (default: the adapters' base)")
+    model: str | None = Field(None, description="base model directory or Hub id (default: the adapters' base)")
     tokenizer: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description='compute dtype; "auto": bf16 where the device computes it natively, else float32 '
@@ -313,9 +313,17 @@ class LmEval(UtilityConfig):
 
     # -- scoring -------------------------------------------------------------------------------------
     def build(self, pool: Any, split: str) -> "LmEvalScorer":
+        from swarmkern.hub import resolve_local
+
+        # a Hub id (utility.model, or the adapters' base) is resolved, and downloaded when missing, before
+        # lm-eval's import turns the process offline
+        base = self.model or (getattr(pool, "adapter_config", None) or {}).get("base_model_name_or_path")
+        model = str(resolve_local(base, what="utility.model", kind="model")) if base else None
+        tokenizer = (str(resolve_local(self.tokenizer, what="utility.tokenizer", kind="tokenizer"))
+                     if self.tokenizer else None)
         with _lm_eval_seeds():
             tasks = self._load(split)
-            ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
+            ev = particle_evaluator(pool, model=model, tokenizer=tokenizer, dtype=self.dtype,
                                     device=self.device, share_prefix=self.share_prefix,
                                     layer_cache_bytes=int(self.layer_cache_mb * 2**20))
             enc = self._encoder(ev)
