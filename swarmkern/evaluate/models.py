@@ -43,7 +43,7 @@ def _local_dir(path: str | os.PathLike, what: str) -> Path:
 
     p = resolve_local(path, what=what, kind="tokenizer" if what == "tokenizer" else "model")
     if not p.is_dir():
-        raise ModelLoadError(f"{what}: {p} is neither a local directory nor a Hub id (org/name[@revision])")
+        raise ModelLoadError(f"{what}: {p} is not a local directory (nor a Hub id org/name[@revision])")
     if not (p / "config.json").is_file() and what != "tokenizer":
         raise ModelLoadError(f"{what}: {p} has no config.json (not a transformers model directory)")
     return p.resolve()

@@ -152,7 +152,10 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         model = (pool.adapter_config or {}).get("base_model_name_or_path") if kind == "peft" else None
         if not model:
             raise ValueError("utility.model: required (the base model directory the experts belong to)")
-    model_dir = str(resolve_local(model, what="utility.model", kind="model").resolve())
+    model_path = resolve_local(model, what="utility.model", kind="model")
+    if not model_path.is_dir():
+        raise ValueError(f"utility.model: {model_path} is not a local directory (nor a Hub id org/name[@revision])")
+    model_dir = str(model_path.resolve())
     tok_dir = (str(resolve_local(tokenizer, what="utility.tokenizer", kind="tokenizer").resolve())
                if tokenizer else model_dir)
     dev = str(resolve_device(device))
