@@ -158,3 +158,34 @@ def test_demo_model_takes_a_hub_id(hub):
     assert resolve_model_dir("tiny/llama", tiny=False).name == COMMIT_A
     with pytest.raises(HubError, match="--model: tiny/absent"):
         resolve_model_dir("tiny/absent", tiny=False)
+
+
+def test_download_when_not_cached_fetches_weights_once(hub, monkeypatch, setup, tmp_path):
+    """Online and not cached: the repository's file list decides what to fetch (safetensors, not .bin
+    copies), the snapshot lands in the cache, and the id is recorded as downloaded."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    files = [p.name for p in setup.model_dir.iterdir()] + ["pytorch_model.bin", "model.onnx"]
+
+    class Info:
+        sha = "9" * 40
+        siblings = [type("S", (), {"rfilename": f})() for f in files]
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: Info())
+    calls = []
+    real = huggingface_hub.snapshot_download
+
+    def fake_download(repo_id, **kw):
+        if kw.get("local_files_only"):
+            return real(repo_id, **kw)
+        calls.append(kw)
+        return str(write_hub_snapshot(kw["cache_dir"], repo_id, setup.model_dir, commit=Info.sha))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    path = resolve_local("tiny/new-model", what="utility.model", kind="model")
+    assert path.name == Info.sha and (path / "config.json").is_file()
+    assert calls[0]["ignore_patterns"] == ["*.bin"] and "*.safetensors" in calls[0]["allow_patterns"]
+    assert "*.onnx" not in calls[0]["allow_patterns"]
+    assert [(r["id"], r["source"]) for r in resolved_ids()] == [("tiny/new-model", "download")]
+    assert resolve_local("tiny/new-model", what="utility.model", kind="model") == path and len(calls) == 1
