@@ -120,6 +120,8 @@ def _results(run: RunInfo) -> list[str]:
         ref_dev, ref_test = _best_starting_expert(s)
         lines += ["| split | this model | best starting expert (on dev) |", "| --- | ---: | ---: |",
                   f"| dev (searched on) | {_fmt(s.get('best_dev_utility'))} | {_fmt(ref_dev)} |"]
+        if s.get("select_utility") is not None:
+            lines.append(f"| held-out (select) | {_fmt(s.get('select_utility'))} | — |")
         if "test_utility" in s:
             lines.append(f"| test | {_fmt(s.get('test_utility'))} | {_fmt(ref_test)} |")
         lines += ["", "No paired interval was recorded for this run (an older swarmkern): treat any difference "
