@@ -140,7 +140,9 @@ def _download(ref: HubRef, repo_type: str, cache: Path, kind: Kind, what: str) -
         info = HfApi().repo_info(ref.repo_id, repo_type=repo_type, revision=ref.revision)
         files = [s.rfilename for s in (info.siblings or [])]
         patterns = ignore = None
-        if kind in ("model", "tokenizer", "adapter", "expert"):
+        if kind == "tokenizer":  # no weights
+            patterns = [p for p in _MODEL_PATTERNS if p not in _WEIGHTS]
+        elif kind in ("model", "adapter", "expert"):
             patterns = list(_MODEL_PATTERNS)
             if any(f.endswith(".safetensors") for f in files):
                 ignore = ["*.bin"]  # the same weights twice: take the safetensors
