@@ -78,12 +78,9 @@ class RunConfig(BaseModel):
         return spec
 
     def expert_sources(self) -> list[str]:
-        """The experts' local paths: `paths` (Hub ids resolved: local path, then the Hugging Face cache,
-        then a download; swarmkern/hub.py), then the `glob` matches (local files only)."""
-        from swarmkern.hub import resolve_local
-
-        sources = [str(resolve_local(p, what=f"experts.paths[{i}]", kind="expert"))
-                   for i, p in enumerate(self.experts.paths)]
+        """`paths` (local paths or Hub ids, which load_experts resolves: swarmkern/hub.py), then the
+        `glob` matches (local files only)."""
+        sources = list(self.experts.paths)
         if self.experts.glob:
             matched = sorted(globlib.glob(self.experts.glob))
             if not matched:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from swarmkern.atomic import atomic_write_json, fsync_dir
+from swarmkern.hub import parse_hub_id, resolve_local
 
 __all__ = ["TensorSpec", "FlatLayout", "ExpertPool", "ExpertSource", "load_experts", "save_expert",
            "IncompatibleExperts", "PEFT_STRUCTURAL_KEYS"]
@@ -449,8 +450,9 @@ def _unique_names(names: list[str]) -> list[str]:
 
 def load_experts(sources: Sequence[str | os.PathLike | Mapping[str, torch.Tensor]] | torch.Tensor,
                  names: Sequence[str] | None = None) -> ExpertPool:
-    """Experts from PEFT adapter dirs, .safetensors files, dirs of .safetensors shards, in-memory
-    state dicts, or a [K, D] tensor. Only headers and adapter configs are read here; the numbers are
+    """Experts from PEFT adapter dirs, .safetensors files, dirs of .safetensors shards (each also as a
+    Hugging Face Hub id org/name[@revision]: swarmkern/hub.py), in-memory state dicts, or a [K, D]
+    tensor. Only headers and adapter configs are read here; the numbers are
     read (once, lazily) when a buffer is filled. Raises IncompatibleExperts naming the first
     difference (adapter_config field, tensor name, shape or dtype) between an expert and the first."""
     if isinstance(sources, torch.Tensor):
@@ -466,7 +468,10 @@ def load_experts(sources: Sequence[str | os.PathLike | Mapping[str, torch.Tensor
             kinds.append("tensors")
             srcs.append(ExpertSource(f"expert_{i}", None, {}, s, specs))
         else:
-            kind, src = _source_from_path(Path(s))
+            kind, src = _source_from_path(resolve_local(s, what=f"experts.paths[{i}]", kind="expert"))
+            ref = parse_hub_id(os.fspath(s)) if not Path(s).expanduser().exists() else None
+            if ref is not None:  # named after the repository, not the snapshot's commit directory
+                src.name = ref.repo_id.split("/")[-1] + (f"@{ref.revision}" if ref.revision else "")
             kinds.append(kind)
             srcs.append(src)
     if names is not None:

@@ -150,6 +150,8 @@ def test_search_with_hub_ids_records_commits(hub, tmp_path, setup):
     assert ids[("tiny/llama", "v1")] == COMMIT_B
     assert ids[("tiny/expert-1", "main")] == "1" * 40 and ids[("tiny/expert-0", "main")] == "0" * 40
     assert result.summary["hub_ids"] == saved["hub_ids"]
+    assert json.loads((tmp_path / "out" / "experts.json").read_text())["names"] == [
+        "expert-0", "expert-1@main", "expert-2"]  # named after their repositories, not commit directories
 
 
 def test_demo_model_takes_a_hub_id(hub):
