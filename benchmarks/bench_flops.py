@@ -289,7 +289,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     for util, b in built.items():
                         t0 = clock()
-                        assert torch.equal(b["scorer"](pool.weights), b["acc"])
+                        b["same"] = b.get("same", True) and torch.equal(b["scorer"](pool.weights), b["acc"])
                         b["times"].append(since(t0))
                         b["peaks"].append(replay_seconds(b["calls"]))
                     hflm.append(run_hflm(model_dir, adapters[0], tasks, dtype, args.hflm_batch))
@@ -297,9 +297,8 @@ def main() -> None:
                 h_macs = hflm_macs(hflm[0][2], shape, len(adapted))
                 h_acc = hflm[0][3]
                 for util, b in built.items():
-                    agree = abs(float(b["acc"][0]) - h_acc) < 1e-9
-                    if choice.dtype == torch.float32:
-                        assert agree, (util, layout, float(b["acc"][0]), h_acc)
+                    ours = float(b["acc"][0])
+                    agree = abs(ours - h_acc) < 1e-9
                     cpu = statistics.median(t[0] for t in b["times"])
                     wall = statistics.median(t[1] for t in b["times"])
                     peak = statistics.median(2 * b["executed"] / s / 1e9 for s in b["peaks"])
@@ -308,7 +307,9 @@ def main() -> None:
                     rows_md.append(
                         f"| {util} | {layout} | {b['needed'] / 1e9:.1f} | {b['executed'] / 1e9:.1f} | {cpu:.2f} ({wall:.2f}) "
                         f"| {achieved:.1f} | {peak:.1f} | {achieved / peak:.0%} | {h_cpu:.2f} "
-                        f"| {2 * h_macs / h_cpu / 1e9:.1f} | {h_cpu / per_particle:.1f}x | {'yes' if agree else 'no'} |")
+                        f"| {2 * h_macs / h_cpu / 1e9:.1f} | {h_cpu / per_particle:.1f}x "
+                        f"| {'yes' if agree else f'no ({ours:.3f} vs {h_acc:.3f})'} "
+                        f"| {'yes' if b['same'] else 'no'} |")
                     print(rows_md[-1], flush=True)
             cmd = "python benchmarks/bench_flops.py " + " ".join(
                 f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) and ' ' in v else v}"
@@ -319,8 +320,9 @@ def main() -> None:
                 f"{args.repeats} interleaved repeats. {args.note}", "",
                 "| utility | adapters | needed GMAC | executed GMAC | call CPU s (wall) | achieved GFLOP/s "
                 "| matmul peak GFLOP/s (same shapes, same run) | achieved / peak | HFLM CPU s per particle "
-                "| HFLM GFLOP/s | speedup vs HFLM per particle | acc equal to HFLM's |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |", *rows_md, ""]))
+                "| HFLM GFLOP/s | speedup vs HFLM per particle | acc equal to HFLM's (particle 0) "
+                "| every timed call equal to the recorded one |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |", *rows_md, ""]))
     text = "\n".join(sections)
     print(text)
     if args.out:
