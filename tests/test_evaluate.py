@@ -302,3 +302,24 @@ def test_unbound_model_is_the_base_model(setup):
         after = model(input_ids=seq).logits
     torch.testing.assert_close(before, after)
     json.dumps(pool.adapter_config)  # the pool's config stays plain JSON
+
+
+def test_shared_context_runs_only_tokens_that_predict_a_scored_one(setup):
+    """Contexts once per particle, then each continuation without its last token (its output scores
+    nothing): the decoder sees exactly those token positions, and the sums still equal whole-sequence
+    scoring."""
+    tok = load_tokenizer(setup.model_dir)
+    pool = load_experts(setup.expert_dirs)
+    ctx = ["Q: What is 3+4?\nA:"] * 3 + ["Hi"] * 2
+    cont = [" 7", " twelve and more", " seven", " there you go", "!"]
+    req = encode_requests(tok, ctx, cont)
+    ev = LoraEvaluator(fresh_model(setup.model_dir), tok, pool.layout, pool.adapter_config)
+    widths = []
+    handle = ev.model.get_decoder().register_forward_pre_hook(
+        lambda m, a, kw: widths.append((a[0] if a else kw["input_ids"]).shape[1]), with_kwargs=True)
+    got = ev.loglikelihood(pool.weights, req)
+    handle.remove()
+    longest_ctx = max(len(c) for c in req.contexts)
+    assert widths == [longest_ctx, max(req.n_cont) - 1]
+    ev.share_context = False
+    torch.testing.assert_close(got, ev.loglikelihood(pool.weights, req), rtol=1e-6, atol=1e-5)

@@ -237,8 +237,8 @@ class ParticleEvaluator:
         shared = self._sharing(pb)
         own = torch.tensor(owner, device=dev)
         multi = max(len(k) for k in conts) > 1
-        if multi:
-            kid, kmask, Tk = self._right_padded(conts)
+        if multi:  # a continuation's last token predicts nothing that is scored: it is not run
+            kid, kmask, Tk = self._right_padded([k[:-1] for k in conts])
             full_mask = torch.cat([mask0.index_select(0, own), kmask], 1)
         # both passes are served from the lower-layer cache, or neither (the KV cache must be all real
         # or all placeholders below the adapted layers); a continuation's key includes its context
@@ -255,7 +255,7 @@ class ParticleEvaluator:
                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache, select=None)
         row_of = (torch.arange(pb, device=dev)[:, None] * n_q + own[None]).reshape(-1)  # [pb * n_e]
         first = torch.tensor([k[0] for k in conts], device=dev).repeat(pb)
-        total = torch.log_softmax(last, -1)[row_of].gather(1, first[:, None])[:, 0].double()
+        total = torch.log_softmax(last, -1)[row_of, first].double()  # no copy of whole-vocabulary rows
         if multi:
             # every continuation row gets its own copy of its context's cached keys and values
             lower = self.shared_layers[1] if shared else 0
