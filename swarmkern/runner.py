@@ -74,7 +74,7 @@ def resume_search(output_dir: str | Path, *, collective=None):
     try:
         pool = load_experts(config.expert_sources(), names=config.experts.names)
     except (OSError, ValueError):  # experts moved: their description is enough to export
-        pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
+        pool = ExpertPool.reload(json.loads((output_dir / EXPERTS_JSON).read_text()))
     built = build_utility(config.utility, pool)
     swarm = Swarm.resume(output_dir, built.dev, built.test, collective=collective, pool=pool)
     result = swarm.run()

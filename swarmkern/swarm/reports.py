@@ -285,7 +285,10 @@ def _prediction_reports(swarm: "Swarm", report: dict[str, Any]) -> None:
             report["ensembles"] = {"order": order, **ens}
         else:
             skipped["ensembles"] = "the utility has no ensemble capability"
-    if cfg.report_emergence and predicting:
+    if cfg.report_emergence and predicting and not swarm.pool.has_numbers:
+        skipped["emergence"] = ("the starting experts' numbers are not available (the run was resumed "
+                                "without its experts, which have moved)")
+    elif cfg.report_emergence and predicting:
         found = {}
         for s, u in predicting.items():
             best_scores = u.example_scores(_predict(u, swarm.buffers.gbest.unsqueeze(0)))

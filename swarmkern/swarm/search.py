@@ -40,6 +40,7 @@ import torch
 from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
 from swarmkern.streaming import copy_rows_
+from swarmkern.utilities import caches as utility_caches
 
 from . import checkpoint as ckpt
 from . import journal, outputs, reports
@@ -155,6 +156,9 @@ class Swarm:
         self._snapshot_iteration: int | None = None  # the iteration of the latest snapshot
         self._snapshot_started = 0.0                  # perf_counter() when it started
         self._snapshot_cost = 0.0                     # its duration in seconds
+        # the utilities' caches (prediction memo, lower-layer cache): saved with every snapshot, so that a
+        # resumed run sees what the uninterrupted one saw (utilities/caches.py)
+        self._caches = utility_caches.collect({"dev": utility, "test": test_utility})
         if self.config.storage == "mmap" and self.output_dir is None:
             raise ValueError("swarm.storage: mmap needs an output directory (the buffers are files there)")
         if self.output_dir is not None and self.collective.rank == 0 and not _resuming:
@@ -268,8 +272,8 @@ class Swarm:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
         described = json.loads((output_dir / EXPERTS_JSON).read_text())
-        if pool is None:
-            pool = ExpertPool.from_description(described)
+        if pool is None:  # the experts from their recorded paths, or (moved) their description only
+            pool = ExpertPool.reload(described)
         elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
             raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
         self = cls(config, pool, utility, test_utility, output_dir, collective=collective, _resuming=True)
@@ -284,7 +288,15 @@ class Swarm:
         self._point_gbest()
         self._snapshot_iteration, self._snapshot_cost = book.iteration, float(state.get("snapshot_seconds", 0.0))
         self._snapshot_started = time.perf_counter()
-        records, keep = journal.read(output_dir / ckpt.CHECKPOINT_DIR)
+        records, ends = journal.read_with_ends(output_dir / ckpt.CHECKPOINT_DIR)
+        keep = ends[-1] if ends else 0
+        saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) if self._caches else None
+        if saved_caches is not None:
+            # the caches as they were at the snapshot: the iterations after it are evaluated again (in the
+            # batches the uninterrupted run used, against the same cache entries), not replayed
+            utility_caches.restore(self._caches, saved_caches)
+            records = [r for r in records if r.iteration <= book.iteration]
+            keep = ends[len(records) - 1] if records else 0
         todo = [r for r in records if r.iteration > book.iteration]
         if todo and todo[0].iteration != book.iteration + 1:
             raise ValueError(f"{output_dir}: the journal starts at iteration {todo[0].iteration}, after the "
@@ -678,7 +690,9 @@ class Swarm:
                  "dtype": str(self.dtype).removeprefix("torch."), "dim": self.dim,
                  "owned": [self.buffers.owned.start, self.buffers.owned.stop],
                  "world_size": self.collective.world_size, "snapshot_seconds": self._snapshot_cost}
-        ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank)
+        caches = {name: c.state() for name, c in self._caches.items()} if self._caches else None
+        ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank,
+                             caches=caches)
         self._snapshot_iteration, self._snapshot_started = book.iteration, t0
         self._snapshot_cost = time.perf_counter() - t0
 
@@ -694,7 +708,10 @@ class Swarm:
             name = "best" if self.pool.kind == "peft" else "best.safetensors"
             best_path = self.export_best(self.output_dir / name)
         summary = self._summary(test_utility, best_path)
-        summary["reports"] = reports.end_of_search(self, summary)
+        try:
+            summary["reports"] = reports.end_of_search(self, summary)
+        except Exception as err:  # a report must not lose a finished search: say why it is missing
+            summary["reports"] = {"skipped": {"reports": f"{type(err).__name__}: {err}"}}
         if self.output_dir is not None and coll.rank == 0:
             outputs.write_summary(self.output_dir, summary)
             try:

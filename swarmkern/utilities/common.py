@@ -58,9 +58,13 @@ class ModelUtility(UtilityConfig):
         raise ValueError(f"utility.{split}: no {split} split configured")
 
     def evaluator(self, pool: Any):
-        return particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                  device=self.device, share_prefix=self.share_prefix,
-                                  layer_cache_bytes=int(self.layer_cache_mb * 2**20))
+        ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
+                                device=self.device, share_prefix=self.share_prefix,
+                                layer_cache_bytes=int(self.layer_cache_mb * 2**20))
+        known = self._state.setdefault("evaluators", [])  # build_utility hands them to the scorers
+        if all(e is not ev for e in known):
+            known.append(ev)
+        return ev
 
     def encode_prompts(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
         ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
