@@ -92,3 +92,72 @@ def test_resume_with_caches_is_bit_identical(setup, pool, tmp_path, dtype):
     assert got["reports"] == expected["reports"]
     for name, t in expected["best"].items():
         assert torch.equal(t, got["best"][name]), name
+
+
+def _strip_times(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items()
+                if "seconds" not in k and k not in ("timings", "best_path", "wall_s")}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+def _sweep_outputs(out: Path, n: int) -> dict:
+    runs = {}
+    for i in range(n):
+        run = out / "runs" / f"{i:03d}"
+        runs[i] = {"history": [_strip_times(json.loads(line)) for line in (run / "history.jsonl").read_text().splitlines()],
+                   "summary": _strip_times(json.loads((run / "summary.json").read_text()))}
+    return {"sweep": _strip_times(json.loads((out / "sweep.json").read_text())), "runs": runs,
+            "best": load_file(str(out / "best" / "adapter_model.safetensors"))}
+
+
+def test_sweep_killed_in_the_middle_of_a_round_resumes_bit_identical(setup, pool, tmp_path):
+    """A sweep of 3 configurations scored in calls of batch_size rows (several per round), killed inside a
+    round's utility calls, then between two swarms' tells of a round; resumed without pool=, it ends as
+    the uninterrupted sweep (fp32 on a CPU: a row's scores depend on its batch, so the rounds must be
+    the same)."""
+    from swarmkern.swarm.sweep import Sweep, SweepSpace
+
+    base = SwarmConfig(seed=2, n_particles=5, max_iters=6, patience=1000, drop_n=0.2, progress=False,
+                       report_ensemble_k=[2], report_emergence=True)
+    configs = SweepSpace(mode="random", n=3, seed=1).expand(base)
+
+    def build():
+        return _build(setup, pool, "float32")
+
+    whole = build()
+    full = tmp_path / "full"
+    Sweep(configs, pool, whole.dev, test_utility=whole.test, output_dir=full, batch_size=4, progress=False).run()
+    expected = _sweep_outputs(full, 3)
+
+    part = tmp_path / "part"
+    built = build()
+    _die_at(built.dev, 9)  # 15 rows less repeats per round, 4 per call: call 9 is inside round 2
+    with pytest.raises(_Killed):
+        Sweep(configs, pool, built.dev, test_utility=built.test, output_dir=part, batch_size=4, progress=False).run()
+
+    built = build()
+    sweep = Sweep.resume(part, built.dev, test_utility=built.test, progress=False)
+    real_tell, told = sweep.swarms[1].tell, {"n": 0}
+
+    def tell(scores):  # swarm 1 dies in its third tell: swarm 0 has journaled that round, swarm 2 not
+        told["n"] += 1
+        if told["n"] == 3:
+            raise _Killed()
+        real_tell(scores)
+
+    sweep.swarms[1].tell = tell
+    with pytest.raises(_Killed):
+        sweep.run()
+
+    built = build()
+    Sweep.resume(part, built.dev, test_utility=built.test, progress=False).run()
+    got = _sweep_outputs(part, 3)
+    assert got["sweep"] == expected["sweep"]
+    for i in range(3):
+        assert got["runs"][i]["history"] == expected["runs"][i]["history"], i
+        assert got["runs"][i]["summary"] == expected["runs"][i]["summary"], i
+    for name, t in expected["best"].items():
+        assert torch.equal(t, got["best"][name]), name

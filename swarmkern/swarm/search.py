@@ -159,6 +159,7 @@ class Swarm:
         # the utilities' caches (prediction memo, lower-layer cache): saved with every snapshot, so that a
         # resumed run sees what the uninterrupted one saw (utilities/caches.py)
         self._caches = utility_caches.collect({"dev": utility, "test": test_utility})
+        self.snapshots_deferred = False  # a sweep writes the snapshots itself, after each complete round
         if self.config.storage == "mmap" and self.output_dir is None:
             raise ValueError("swarm.storage: mmap needs an output directory (the buffers are files there)")
         if self.output_dir is not None and self.collective.rank == 0 and not _resuming:
@@ -257,10 +258,18 @@ class Swarm:
 
     @classmethod
     def resume(cls, output_dir: str | Path, utility: Utility, test_utility: Utility | None = None, *,
-               collective: Collective | None = None, pool: ExpertPool | None = None) -> "Swarm":
+               collective: Collective | None = None, pool: ExpertPool | None = None,
+               until: int | None = None, own_caches: bool = True) -> "Swarm":
         """A Swarm restored from `output_dir`: the latest complete snapshot (written by any number of
         processes) plus a replay of the journaled iterations after it. `.run()` continues it and ends
-        exactly where the uninterrupted run would have (same buffers, same history)."""
+        exactly where the uninterrupted run would have (same buffers, same history).
+
+        pool: the experts (default: read again from the paths in experts.json; when they have moved, a
+        description that can export but not read them, and the reports that need them are skipped).
+        When the utility keeps caches (utilities/caches.py) and the snapshot saved them, they are restored
+        and the iterations after the snapshot are evaluated again instead of replayed. `until`: replay
+        no further than this iteration (a sweep's last complete round); `own_caches=False`: the caller
+        (a sweep) saves and restores the utility's caches itself."""
         output_dir = Path(output_dir)
         collective = collective or LocalCollective()
         found = ckpt.latest_complete(output_dir)
@@ -277,6 +286,11 @@ class Swarm:
         elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
             raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
         self = cls(config, pool, utility, test_utility, output_dir, collective=collective, _resuming=True)
+        if not own_caches:
+            self._caches = {}
+        if until is not None and book_iteration(state) > until:
+            raise ValueError(f"{output_dir}: its snapshot (iteration {book_iteration(state)}) is newer than "
+                             f"iteration {until}, where the resume must end")
         if str(self.dtype).removeprefix("torch.") != state["dtype"]:
             raise ValueError(f"{output_dir}: checkpoint dtype {state['dtype']} is not the run's {self.dtype}")
         book = Bookkeeping.from_json(state["book"])
@@ -296,6 +310,9 @@ class Swarm:
             # batches the uninterrupted run used, against the same cache entries), not replayed
             utility_caches.restore(self._caches, saved_caches)
             records = [r for r in records if r.iteration <= book.iteration]
+            keep = ends[len(records) - 1] if records else 0
+        if until is not None:
+            records = [r for r in records if r.iteration <= until]
             keep = ends[len(records) - 1] if records else 0
         todo = [r for r in records if r.iteration > book.iteration]
         if todo and todo[0].iteration != book.iteration + 1:
@@ -660,10 +677,20 @@ class Swarm:
             record.history_bytes, record.wall_seconds = book.history_bytes, book.wall_seconds
             self._journal.append(record)
         self._last_snapshot_s = 0.0
-        if self._snapshot_due():
-            self._snapshot()
-            self._last_snapshot_s = self._snapshot_cost
+        if not self.snapshots_deferred:
+            self.snapshot_if_due()
         self._last_checkpoint_s = time.perf_counter() - t0
+
+    def snapshot_if_due(self, *, force: bool = False) -> bool:
+        """Write a snapshot when the policy says one is due (or `force`), unless this iteration has one.
+        Called by `tell`, or by a sweep (snapshots_deferred) once a whole round is on disk."""
+        if self.output_dir is None or not self.config.checkpoint or self._snapshot_iteration == self.book.iteration:
+            return False
+        if not (force or self._snapshot_due()):
+            return False
+        self._snapshot()
+        self._last_snapshot_s = self._snapshot_cost
+        return True
 
     def _snapshot_due(self) -> bool:
         """snapshot_every > 0: at its multiples; else snapshot_seconds after the last one; else
@@ -769,6 +796,11 @@ class Swarm:
     def _require_started(self) -> None:
         if self.book is None:
             raise RuntimeError("the swarm has not been initialised yet: call run()")
+
+
+def book_iteration(state: dict[str, Any]) -> int:
+    """The iteration a snapshot's state was written at."""
+    return int(state["book"]["iteration"])
 
 
 def _clear_run(output_dir: Path) -> None:
