@@ -161,3 +161,44 @@ def test_sweep_killed_in_the_middle_of_a_round_resumes_bit_identical(setup, pool
         assert got["runs"][i]["summary"] == expected["runs"][i]["summary"], i
     for name, t in expected["best"].items():
         assert torch.equal(t, got["best"][name]), name
+
+
+def test_resume_search_with_moved_experts_writes_every_output(setup, tmp_path):
+    """`swarmkern resume` after the experts were moved: the search finishes, writes summary.json and
+    reports.json, and says why the report that needs the experts' numbers is missing."""
+    import shutil
+
+    import yaml
+
+    from swarmkern.config import validate_run_config
+    from swarmkern.runner import resume_search, save_run_config
+    from swarmkern.swarm.checkpoint import CHECKPOINT_DIR
+    from swarmkern.swarm.journal import read
+
+    experts = tmp_path / "experts"
+    shutil.copytree(setup.expert_dirs[0].parent, experts)
+    out = tmp_path / "run"
+    config = validate_run_config({
+        "experts": {"paths": [str(experts / p.name) for p in setup.expert_dirs]},
+        "swarm": {"seed": 0, "max_iters": 4, "progress": False, "snapshot_every": 2, "report_emergence": True},
+        "utility": {"type": "multiple_choice", "dev": str(setup.data["mc_dev"]), "test": str(setup.data["mc_test"]),
+                    "dtype": "float32"},
+        "output": {"dir": str(out)}}, "test")
+    from swarmkern.flat import load_experts
+
+    pool = load_experts(config.expert_sources())
+    built = _build(setup, pool, "float32")
+    _die_at(built.dev, 4)  # iteration 3: snapshot 2
+    out.mkdir()
+    save_run_config(config, out)  # as `swarmkern search` does
+    with pytest.raises(_Killed):
+        Swarm(config.swarm, pool, built.dev, built.test, output_dir=out).run()
+    assert read(out / CHECKPOINT_DIR)[0][-1].iteration == 2
+    shutil.move(str(experts), str(tmp_path / "moved"))
+    _build(setup, pool, "float32")
+    resume_search(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 4
+    assert "have moved" in summary["reports"]["skipped"]["emergence"]
+    assert (out / "best" / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["swarm"]["max_iters"] == 4
