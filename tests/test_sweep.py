@@ -382,3 +382,19 @@ def test_documented_swarm_defaults_are_the_code_defaults(doc):
     code = SwarmConfig().model_dump(mode="json")
     assert set(shown) == set(code)
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()} == code
+
+
+def test_an_expert_named_base_does_not_collide_with_the_base_particle(tmp_path):
+    from swarmkern.flat import load_experts
+
+    pts = _points()
+    pool = load_experts(pts, names=["base", "point_1", "point_2", "point_3"])
+    configs = SweepSpace(n=2, seed=1).expand(BASE.model_copy(update={"include_base": True}))
+    Sweep(configs, pool, neg_rastrigin, test_utility=neg_sphere, output_dir=tmp_path, progress=False).run()
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert summary["initial_test_utilities"]["base"] == pytest.approx(float(neg_sphere(pts[:1])[0]), rel=1e-12)
+    assert summary["initial_test_utilities"]["base_model"] == 0.0  # the base particle, under its own name
+    assert summary["initial_dev_utilities"]["base_model"] == float(neg_rastrigin(torch.zeros(1, D))[0])
+    run = json.loads((tmp_path / "runs" / "000" / "summary.json").read_text())
+    names = [p["name"] for p in run["particles"] if p["kind"] != "child"]
+    assert names == ["base", "point_1", "point_2", "point_3", "base_model"]

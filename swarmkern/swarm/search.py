@@ -351,7 +351,7 @@ class Swarm:
         origins: list[dict[str, Any]] = [{"kind": "expert", "name": n} for n in self.pool.names]
         if cfg.include_base:
             rows.append(torch.zeros(K, dtype=torch.float64))
-            origins.append({"kind": "base", "name": "base"})
+            origins.append({"kind": "base", "name": base_particle_name(self.pool.names)})
         n_start = len(rows)
         target = cfg.n_particles if cfg.n_particles is not None else n_start
         if target < n_start:
@@ -796,6 +796,15 @@ class Swarm:
     def _require_started(self) -> None:
         if self.book is None:
             raise RuntimeError("the swarm has not been initialised yet: call run()")
+
+
+def base_particle_name(expert_names: Sequence[str]) -> str:
+    """The base particle's name: "base", unless an expert has that name (then "base_model", ...)."""
+    taken = set(expert_names)
+    for name in ("base", "base_model", *(f"base_model_{i}" for i in range(2, len(taken) + 3))):
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable: more candidate names than experts")
 
 
 def book_iteration(state: dict[str, Any]) -> int:

@@ -44,7 +44,7 @@ from . import outputs
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import Purpose, uniforms
-from .search import EXPERTS_JSON, Ask, Swarm, SwarmResult, Utility, score_rows
+from .search import EXPERTS_JSON, Ask, Swarm, SwarmResult, Utility, base_particle_name, score_rows
 
 # The ranges the authors' scripts sample (uniformly) for their hyperparameter searches.
 AUTHORS_RANGES: dict[str, tuple[float, float]] = {
@@ -462,7 +462,7 @@ class Sweep:
         names = list(self.pool.names)
         if any(c.include_base for c in self.configs):
             coef = torch.cat([coef, torch.zeros(1, K, dtype=torch.float64)])
-            names.append("base")
+            names.append(base_particle_name(names))
         sw = self.swarms[0]
         mine = self.collective.owned(len(names))
         rows = torch.empty(len(mine), sw.dim, dtype=sw.dtype, device=sw.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
 
@@ -45,7 +45,16 @@ class ModelUtility(UtilityConfig):
     memo_rows: int = Field(DEFAULT_MEMO_ROWS, ge=0, description=(
         "particles whose predictions are kept by content, so a particle scored again (the experts by the "
         "reports and by compare's baselines, the best by the reports) is not run again; 0 turns it off"))
+    allow_same_dev_and_test: bool = Field(False, description=(
+        "allow a test file with the same data as the dev file (a test score is then no held-out number)"))
     _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
+
+    @model_validator(mode="after")
+    def _dev_is_not_test(self) -> "ModelUtility":
+        if self.test is not None and not self.allow_same_dev_and_test and same_data(self.dev, self.test):
+            raise ValueError(f"test: {self.test} holds the same data as dev ({self.dev}), so the test score would "
+                             "not be held out; give another test file, or set allow_same_dev_and_test: true")
+        return self
 
     def has_split(self, split: str) -> bool:
         return split == "dev" or (split == "test" and self.test is not None)
@@ -123,6 +132,20 @@ def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
     with open(path, encoding="utf-8") as fh:
         lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
     return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
+
+
+def same_data(a: str | Path, b: str | Path) -> bool:
+    """Whether two data files are the same file or hold the same bytes (False when one cannot be read:
+    the loader reports that)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+        if pa.stat().st_size != pb.stat().st_size:
+            return False
+        return hashlib.sha256(pa.read_bytes()).digest() == hashlib.sha256(pb.read_bytes()).digest()
+    except OSError:
+        return False
 
 
 def _digest(obj: Any) -> str:
