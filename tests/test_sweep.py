@@ -192,9 +192,10 @@ def test_outputs(tmp_path):
     table = (tmp_path / "sweep.md").read_text().splitlines()
     assert sum(line.startswith("| ") for line in table) == 2 + 3 and f"| {result.winner}* |" in "\n".join(table)
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["weak_to_strong"]["searches"] == 3
     winner = json.loads((tmp_path / "summary.json").read_text())
     assert winner["sweep"]["winner"] == result.winner
-    assert torch.equal(load_file(str(tmp_path / "best.safetensors"))["x"].reshape(-1), result.best.best.reshape(-1))
+    assert torch.equal(load_file(str(tmp_path / "best.safetensors"))["x"].reshape(-1), result.winner_result.best.reshape(-1))
 
 
 def test_a_killed_sweep_resumes_to_the_same_end(tmp_path):
@@ -297,7 +298,7 @@ def test_cli_sweep_runs_reports_and_resumes(tmp_path):
     again = json.loads(res.output)
     assert [e["best_dev"] for e in again["configurations"]] == [e["best_dev"] for e in summary["configurations"]]
     res = runner.invoke(main, ["sweep", str(cfg), "--no-progress", "--resume-if-exists", "--set", "swarm.seed=2"])
-    assert res.exit_code != 0 and "`swarm:` section differs" in res.output
+    assert res.exit_code != 0 and "the config differs from the run's: swarm.seed (1 in the run, 2 now)" in res.output
 
 
 def test_cli_sweep_errors(tmp_path):

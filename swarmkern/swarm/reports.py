@@ -1,6 +1,6 @@
 """The paper's reports at the end of a search: reports.json (also under "reports" in summary.json) and
 trajectory.png. Called by `Swarm.finish()`; a sweep calls `end_of_search` per configuration and
-`weak_to_strong_rate` across them.
+`weak_to_strong_rate` across them (sweep.json's "weak_to_strong").
 
     pbest_test_utilities   test utility of every final personal best (opt-in: report_pbest_test)
     ensembles              top-k prediction ensembles of the final personal bests, best dev utility

@@ -188,7 +188,8 @@ class SweepResult:
     best_path: Path | None = None
 
     @property
-    def best(self) -> SwarmResult:
+    def winner_result(self) -> SwarmResult:
+        """The winning configuration's SwarmResult (its `.best` is the winning location [D])."""
         return self.results[self.winner]
 
 
@@ -413,6 +414,7 @@ class Sweep:
         key = (lambda i: (select[i], results[i].best_utility, -i)) if select is not None else \
               (lambda i: (results[i].best_utility, -i))
         winner = max(range(len(results)), key=key)
+        from .reports import weak_to_strong_rate
         from .sweep_report import sweep_entries, write_sweep_outputs
 
         entries = sweep_entries(self.configs, results, self.seconds, self._run_dir)
@@ -429,6 +431,8 @@ class Sweep:
             "initial_test_utilities": ({k: outputs.json_float(v) for k, v in starters.items()}
                                        if starters else None),
             "configurations": entries,
+            # how often a configuration's winner started outside the top half of its swarm
+            "weak_to_strong": weak_to_strong_rate(r.summary for r in results),
         }
         best_path = None
         if rank0 and self.output_dir is not None:
