@@ -21,6 +21,7 @@ from .registry import UtilityConfig
 __all__ = ["ModelUtility", "Scorer", "PredictionScorer", "jsonl_example_ids", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
 
 _EVALUATORS: dict[tuple, Any] = {}
+_CACHE_OFF: set[tuple] = set()  # evaluators some utility built with layer_cache_mb: 0
 
 
 class ModelUtility(UtilityConfig):
@@ -41,7 +42,8 @@ class ModelUtility(UtilityConfig):
     share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
     layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description=(
         "memory (MiB) for the outputs of the frozen layers below the first adapted layer, kept across calls "
-        "per example (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
+        "per example (LoRA pools; 0 turns it off, also for the other utilities sharing the evaluator); one "
+        "limit per shared evaluator, the largest asked"))
     memo_rows: int = Field(DEFAULT_MEMO_ROWS, ge=0, description=(
         "particles whose predictions are kept by content, so a particle scored again (the experts by the "
         "reports and by compare's baselines, the best by the reports) is not run again; 0 turns it off"))
@@ -160,7 +162,8 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
 
     PEFT pools -> LoraEvaluator (model defaults to the adapters' base_model_name_or_path);
     safetensors / state-dict pools -> FullWeightEvaluator (model required). `layer_cache_bytes`: the
-    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked.
+    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked, or 0
+    (off) once any utility asks for 0.
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
@@ -182,7 +185,12 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
         ev = _EVALUATORS[key]
-        if layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
+        # the largest limit asked wins, except 0: a utility that turns the cache off turns it off for good
+        if layer_cache_bytes == 0:
+            _CACHE_OFF.add(key)
+        if key in _CACHE_OFF:
+            ev.layer_cache.resize(0)
+        elif layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
             ev.layer_cache.resize(layer_cache_bytes)
         return ev
     tok = load_tokenizer(tok_dir)
@@ -197,6 +205,8 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         ev = FullWeightEvaluator(lm, tok, pool.layout)
     if layer_cache_bytes is not None:
         ev.layer_cache.resize(layer_cache_bytes)
+    if layer_cache_bytes == 0:
+        _CACHE_OFF.add(key)
     _EVALUATORS[key] = ev
     return ev
 
