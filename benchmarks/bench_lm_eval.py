@@ -130,8 +130,10 @@ def swarmkern_scorer(pool, tasks: Path, name: str, micro_batch: int, dtype: str)
     from swarmkern.utilities import build_utility
 
     t0 = clock()
+    # dev_split: test, the split lm-eval scores (the tasks have no validation split)
     scorer = build_utility({"type": "lm_eval", "task": name, "include_path": str(tasks), "dtype": dtype,
-                            "micro_batch": micro_batch, "memo_rows": 0}, pool).dev  # timed calls run the model
+                            "dev_split": "test", "micro_batch": micro_batch, "memo_rows": 0},
+                           pool).dev  # timed calls run the model
     build = since(t0)
     scorer(pool.weights[:1])
     return scorer, build

@@ -417,6 +417,27 @@ class ExpertPool:
         sources = [ExpertSource(n, Path(p) if p else None) for n, p in zip(data["names"], data["sources"])]
         return cls(layout, sources, data["kind"], data.get("adapter_config"))
 
+    @property
+    def has_numbers(self) -> bool:
+        """False for a pool rebuilt from a description whose experts could not be read: it can export
+        rows and describe itself, but not fill a buffer."""
+        return all(src.tensors is not None or src.files for src in self._sources)
+
+    @classmethod
+    def reload(cls, data: dict[str, Any]) -> "ExpertPool":
+        """The experts a description names, read again from their recorded paths when those still hold
+        the same experts (same layout); otherwise (moved, changed, in-memory) the description alone."""
+        described = cls.from_description(data)
+        paths = data.get("sources") or []
+        if paths and all(paths):
+            try:
+                pool = load_experts(paths, names=data["names"])
+            except (OSError, ValueError, RuntimeError):
+                return described
+            if pool.kind == described.kind and pool.layout == described.layout:
+                return pool
+        return described
+
     def _read(self, src: ExpertSource, name: str, handles: dict, stack: ExitStack,
               rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Tensor `name` of one expert, or its slice rows[0]:rows[1] along the first dimension."""

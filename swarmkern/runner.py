@@ -76,7 +76,7 @@ def resume_search(output_dir: str | Path, *, collective=None):
     try:
         pool = load_experts(config.expert_sources(), names=config.experts.names)
     except (OSError, ValueError):  # experts moved: their description is enough to export
-        pool = ExpertPool.from_description(json.loads((output_dir / EXPERTS_JSON).read_text()))
+        pool = ExpertPool.reload(json.loads((output_dir / EXPERTS_JSON).read_text()))
     built = build_utility(config.utility, pool)
     swarm = Swarm.resume(output_dir, built.dev, built.test, collective=collective, pool=pool)
     result = swarm.run()
@@ -179,13 +179,19 @@ def _decide(config: Any, resume_if_exists: bool, env: LaunchEnv | None) -> str:
             return "start"
         raise FileExistsError(f"{out}: already holds a run; resume it (--resume-if-exists, swarmkern resume DIR) "
                               "or start afresh (--overwrite)")
-    saved = out / RUN_CONFIG_NAME
+    check_same_run(config, out)
+    return "resume"
+
+
+def check_same_run(config: Any, out: Path) -> None:
+    """ConfigError naming the first field where `config` differs from the run saved in `out` (its
+    config.yaml; output.overwrite and swarm.progress aside): only the same run is continued."""
+    saved = Path(out) / RUN_CONFIG_NAME
     if saved.is_file():
         diff = _first_difference(_comparable(config), _comparable(load_run_config(saved)))
         if diff:
             raise ConfigError(f"{out}: cannot resume, the config differs from the run's: {diff}; "
                               "start afresh with --overwrite or use the same config")
-    return "resume"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

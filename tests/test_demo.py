@@ -190,3 +190,35 @@ def test_shipped_experts_match_the_default_settings():
         cfg = json.loads((folders[0] / name / "adapter_config.json").read_text())
         assert cfg["r"] == ExpertSpec().rank and cfg["lora_alpha"] == ExpertSpec().alpha
         assert not cfg["base_model_name_or_path"].startswith("/")  # no machine path in the package
+
+
+def test_expert_cache_key_follows_the_base_weights(tmp_path):
+    """A fine-tune with the same config never gets experts trained on other weights; the same weights
+    stored in another dtype keep the key."""
+    from safetensors.torch import load_file, save_file
+
+    from swarmkern.demo.experts import ExpertSpec
+    from swarmkern.tiny import build_tiny_causal_lm
+
+    base = build_tiny_causal_lm(tmp_path / "base", seed=0)
+    state = load_file(str(base / "model.safetensors"))
+    state = {k: v.to(torch.bfloat16).to(torch.float32) for k, v in state.items()}  # values bf16 can hold
+    save_file(state, str(base / "model.safetensors"))
+    spec = ExpertSpec()
+    key = spec.key(base, "{question}")
+    assert spec.key(base, "{question}") == key  # from the digest kept beside the weights
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    for f in base.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            (tuned / f.name).write_bytes(f.read_bytes())
+    name = next(iter(state))
+    save_file({**state, name: state[name] + 1.0}, str(tuned / "model.safetensors"))
+    assert spec.key(tuned, "{question}") != key
+    as_bf16 = tmp_path / "bf16"
+    as_bf16.mkdir()
+    for f in base.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            (as_bf16 / f.name).write_bytes(f.read_bytes())
+    save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(as_bf16 / "model.safetensors"))
+    assert spec.key(as_bf16, "{question}") == key

@@ -189,3 +189,23 @@ def test_context_prefill_and_continuations_are_served_together(setup):
     assert (ev.layer_cache.hits, ev.layer_cache.misses) == (0, 1 + 2 * n_batches)
     torch.testing.assert_close(calls["loglik_shared_context"](rows[:1]), ref, rtol=0, atol=1e-5)
     assert lowest.rows == 30 and ev.layer_cache.hits == 2 * n_batches
+
+
+def test_layer_cache_mb_zero_turns_a_shared_evaluator_off(setup):
+    """Two utilities share one evaluator: the one with layer_cache_mb: 0 turns its cache off, whichever is
+    built first (the largest limit wins otherwise)."""
+    from swarmkern.evaluate import models
+    from swarmkern.flat import load_experts
+    from swarmkern.utilities import build_utility, common
+
+    pool = load_experts(setup.expert_dirs)
+    for first, second in ((512, 0), (0, 512)):
+        common._EVALUATORS.clear()  # as in a new process
+        getattr(common, "_CACHE_OFF", set()).clear()
+        models._CACHE.clear()
+        built = [build_utility({"type": "multiple_choice", "dev": str(setup.data["mc_dev"]), "dtype": "float32",
+                                "layer_cache_mb": mb}, pool) for mb in (first, second)]
+        [ev] = common._EVALUATORS.values()
+        assert ev.layer_cache.limit_bytes == 0
+        built[0].dev(pool.weights[:2])
+        assert len(ev.layer_cache) == 0

@@ -230,3 +230,22 @@ def test_search_and_compare_through_the_cli(setup, tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     data = json.loads((tmp_path / "run" / "compare.json").read_text())
     assert "error" not in data["ensemble"] and data["ensemble"]["dev"] is not None
+
+
+def test_no_validation_split_is_an_error_not_the_test_split(pool, tmp_path):
+    """A task without a validation split is never searched on its test split silently; dev_split == test_split
+    is refused unless allowed."""
+    cfg = yaml.safe_load((TASKS / "arith_mc.yaml").read_text())
+    cfg.pop("validation_split")
+    cfg["task"] = "arith_mc_noval"
+    cfg["dataset_kwargs"]["data_files"] = {k: str(REPO / v) for k, v in cfg["dataset_kwargs"]["data_files"].items()}
+    (tmp_path / "noval.yaml").write_text(yaml.safe_dump(cfg))
+    _one_line_error(spec(task="arith_mc_noval", include_path=str(tmp_path)), pool,
+                    "task arith_mc_noval has no validation split; choose the split to search on with dev_split "
+                    r"\(e.g. dev_split: train\)")
+    built = build_utility(spec(task="arith_mc_noval", include_path=str(tmp_path), dev_split="train"), pool)
+    assert built.test is not None  # the test split stays the report's
+    _one_line_error(spec(task="arith_mc", dev_split="test", test_split="test"), pool,
+                    "'test' is also the dev split, so the test score would not be held out")
+    same = build_utility(spec(task="arith_mc", dev_split="test", test_split="test", allow_same_dev_and_test=True), pool)
+    assert torch.equal(same.dev(pool.weights[:1]), same.test(pool.weights[:1]))

@@ -192,9 +192,10 @@ def test_outputs(tmp_path):
     table = (tmp_path / "sweep.md").read_text().splitlines()
     assert sum(line.startswith("| ") for line in table) == 2 + 3 and f"| {result.winner}* |" in "\n".join(table)
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["weak_to_strong"]["searches"] == 3
     winner = json.loads((tmp_path / "summary.json").read_text())
     assert winner["sweep"]["winner"] == result.winner
-    assert torch.equal(load_file(str(tmp_path / "best.safetensors"))["x"].reshape(-1), result.best.best.reshape(-1))
+    assert torch.equal(load_file(str(tmp_path / "best.safetensors"))["x"].reshape(-1), result.winner_result.best.reshape(-1))
 
 
 def test_a_killed_sweep_resumes_to_the_same_end(tmp_path):
@@ -297,7 +298,7 @@ def test_cli_sweep_runs_reports_and_resumes(tmp_path):
     again = json.loads(res.output)
     assert [e["best_dev"] for e in again["configurations"]] == [e["best_dev"] for e in summary["configurations"]]
     res = runner.invoke(main, ["sweep", str(cfg), "--no-progress", "--resume-if-exists", "--set", "swarm.seed=2"])
-    assert res.exit_code != 0 and "`swarm:` section differs" in res.output
+    assert res.exit_code != 0 and "the config differs from the run's: swarm.seed (1 in the run, 2 now)" in res.output
 
 
 def test_cli_sweep_errors(tmp_path):
@@ -382,3 +383,19 @@ def test_documented_swarm_defaults_are_the_code_defaults(doc):
     code = SwarmConfig().model_dump(mode="json")
     assert set(shown) == set(code)
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()} == code
+
+
+def test_an_expert_named_base_does_not_collide_with_the_base_particle(tmp_path):
+    from swarmkern.flat import load_experts
+
+    pts = _points()
+    pool = load_experts(pts, names=["base", "point_1", "point_2", "point_3"])
+    configs = SweepSpace(n=2, seed=1).expand(BASE.model_copy(update={"include_base": True}))
+    Sweep(configs, pool, neg_rastrigin, test_utility=neg_sphere, output_dir=tmp_path, progress=False).run()
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert summary["initial_test_utilities"]["base"] == pytest.approx(float(neg_sphere(pts[:1])[0]), rel=1e-12)
+    assert summary["initial_test_utilities"]["base_model"] == 0.0  # the base particle, under its own name
+    assert summary["initial_dev_utilities"]["base_model"] == float(neg_rastrigin(torch.zeros(1, D))[0])
+    run = json.loads((tmp_path / "runs" / "000" / "summary.json").read_text())
+    names = [p["name"] for p in run["particles"] if p["kind"] != "child"]
+    assert names == ["base", "point_1", "point_2", "point_3", "base_model"]

@@ -339,3 +339,16 @@ def test_full_weight_and_lora_evaluators_never_share_a_patched_model(setup, pool
     assert lora_scores.shape == (len(pool),)
     torch.testing.assert_close(full(full_pool.weights), before)
     clear_evaluators()
+
+
+def test_dev_and_test_with_the_same_data_is_an_error(setup, tmp_path):
+    """The same file, or a copy of it, as dev and test: a one-line error, unless explicitly allowed."""
+    dev = setup.data["mc_dev"]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(dev.read_bytes())
+    for test in (dev, copy):
+        with pytest.raises(ValueError, match=r"holds the same data as dev .* allow_same_dev_and_test: true") as err:
+            parse_utility_config({"type": "multiple_choice", "dev": str(dev), "test": str(test)})
+        assert "\n" not in str(err.value)
+    parse_utility_config({"type": "multiple_choice", "dev": str(dev), "test": str(copy), "allow_same_dev_and_test": True})
+    parse_utility_config({"type": "multiple_choice", "dev": str(dev), "test": str(setup.data["mc_test"])})

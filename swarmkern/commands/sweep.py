@@ -27,26 +27,6 @@ def _report(result) -> None:
                    f"(best: {result.best_path})")
 
 
-def _same_run(config, out: Path) -> None:
-    """--resume-if-exists continues only the same sweep (output.overwrite and swarm.progress aside)."""
-    from swarmkern.config import ConfigError, load_run_config
-    from swarmkern.runner import RUN_CONFIG_NAME
-
-    def comparable(c) -> dict:
-        data = c.model_dump(mode="json")
-        data["output"].pop("overwrite", None)
-        data["swarm"].pop("progress", None)
-        return data
-
-    saved = out / RUN_CONFIG_NAME
-    if saved.is_file():
-        old, new = comparable(load_run_config(saved)), comparable(config)
-        for section in new:
-            if new[section] != old.get(section):
-                raise ConfigError(f"{out}: cannot resume, the config's `{section}:` section differs from the "
-                                  "sweep's; start afresh with --overwrite or use the same config")
-
-
 @click.command("sweep")
 @config_file_options("sweep.n=16")
 @overwrite_option("sweep")
@@ -59,7 +39,7 @@ def sweep_cmd(config, overrides, output_dir, overwrite, no_progress, resume_if_e
     them) and keep the best on dev or on a held-out select split. Under torchrun every process holds a
     block of every swarm's particles."""
     from swarmkern.config import ConfigError, load_run_config
-    from swarmkern.runner import run_sweep
+    from swarmkern.runner import check_same_run, run_sweep
     from swarmkern.distributed import DistributedError, distributed_session
     from swarmkern.flat import IncompatibleExperts
     from swarmkern.swarm.sweep import SWEEP_STATE
@@ -73,7 +53,7 @@ def sweep_cmd(config, overrides, output_dir, overwrite, no_progress, resume_if_e
         out = Path(cfg.output.dir)
         resume = resume_if_exists and not cfg.output.overwrite and (out / SWEEP_STATE).is_file()
         if resume:
-            _same_run(cfg, out)
+            check_same_run(cfg, out)
         with distributed_session(cfg.swarm.device) as coll:
             result = run_sweep(cfg, collective=coll, resume=resume)
             if coll is not None and coll.rank != 0:

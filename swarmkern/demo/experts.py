@@ -30,6 +30,8 @@ from swarmkern.atomic import atomic_save_safetensors, atomic_write_json
 
 from . import tasks
 
+IDENTITY_FILE = ".swarmkern-identity.json"  # model_identity's digest, beside the weights it covers
+IDENTITY_VERSION = 1
 TASKS_VERSION = 2            # bump when a generator changes, so cached experts are rebuilt
 PEFT_PREFIX = "base_model.model."
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -52,7 +54,7 @@ class ExpertSpec:
     examples_per_skill: int = 60
 
     def key(self, model_dir: Path, template: str) -> str:
-        """Identity of the pool: base model weights' config, generator version, template, settings."""
+        """Identity of the pool: the base model (config and weights), generator version, template, settings."""
         blob = json.dumps({"model": model_identity(model_dir), "tasks": TASKS_VERSION, "template": template,
                            **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -62,12 +64,51 @@ class ExpertSpec:
 
 
 def model_identity(model_dir: Path) -> str:
-    """Hash of the model's config.json without the fields that name the writer, not the model
-    (transformers version, dtype, path): the same model dequantised by another install keeps its key."""
+    """Hash of the model: its config.json without the fields that name the writer, not the model
+    (transformers version, dtype, path), and its weights (every tensor's name, shape and values as
+    float32, whatever dtype stores them): a fine-tune with the same config gets another key, while the
+    same model stored in another dtype by another install keeps its key."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no .safetensors weights to identify the model by")
+    # hashing 135M weights takes seconds: the digest is kept beside them, valid while no file changes
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in [model_dir / "config.json", *files]]
+    memo = model_dir / IDENTITY_FILE
+    try:
+        kept = json.loads(memo.read_text())
+        if kept.get("files") == stamp and kept.get("version") == IDENTITY_VERSION:
+            return kept["digest"]
+    except (OSError, ValueError):
+        pass
+    digest = _hash_model(model_dir, files)
+    try:
+        atomic_write_json(memo, {"version": IDENTITY_VERSION, "files": stamp, "digest": digest})
+    except OSError:  # a read-only model directory: hash again next time
+        pass
+    return digest
+
+
+def _hash_model(model_dir: Path, files: list[Path]) -> str:
+    from safetensors import safe_open
+
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     for k in ("transformers_version", "torch_dtype", "dtype", "_name_or_path"):
         cfg.pop(k, None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    h = hashlib.blake2b(json.dumps(cfg, sort_keys=True).encode(), digest_size=32)
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            tensors.update({name: (f, name) for name in st.keys()})
+    for name in sorted(tensors):
+        f, _ = tensors[name]
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            t = st.get_tensor(name)
+        h.update(f"{name}:{tuple(t.shape)}".encode())
+        h.update(t.to(torch.float32).contiguous().view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def mixtures(spec: ExpertSpec) -> list[dict[str, float]]:

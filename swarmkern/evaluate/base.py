@@ -142,7 +142,8 @@ class ParticleEvaluator:
         self.share_prefix = share_prefix
         self.share_context = True  # score continuations of one context from its KV cache
         self._expand: tuple[int, int] | None = None  # (n, Pb) while a shared-prefix pass runs
-        self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # id(x) -> (x, x repeated per particle): a shared-prefix pass expands each tensor once, not per layer
+        self._repeated: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list = []
         self._token_text: dict[int, str] = {}
         self.layer_cache = LowerLayerCache()  # lower layers' outputs across calls (layer_cache.py)
@@ -178,9 +179,9 @@ class ParticleEvaluator:
 
         def rep(x):
             if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == n:
-                hit = self._memo.get(id(x))
+                hit = self._repeated.get(id(x))
                 if hit is None or hit[0] is not x:  # keep x alive with its copy: ids are not reused
-                    hit = self._memo[id(x)] = (x, x.repeat(pb, *([1] * (x.dim() - 1))))
+                    hit = self._repeated[id(x)] = (x, x.repeat(pb, *([1] * (x.dim() - 1))))
                 return hit[1]
             if isinstance(x, tuple):
                 return tuple(rep(y) for y in x)
@@ -581,12 +582,12 @@ class ParticleEvaluator:
         if n is not None:
             self._install_prefix_hooks()
         self._expand = (n, pb) if n is not None else None
-        self._memo = {}
+        self._repeated = {}
         try:
             yield
         finally:
             self._expand = None
-            self._memo = {}
+            self._repeated = {}
 
 
 def _last_layer_mlp(model: nn.Module) -> nn.Module | None:

@@ -115,6 +115,18 @@ class LowerLayerCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    def state(self) -> list[tuple[bytes, torch.Tensor]]:
+        """The entries in LRU order (oldest first), for a search's snapshot: a resumed search must see
+        the entries the uninterrupted one saw (recomputed in other batches they may differ in the last bit)."""
+        return [(k, v.cpu()) for k, v in self._data.items()]
+
+    def load_state(self, entries: list[tuple[bytes, torch.Tensor]], device: torch.device | str = "cpu") -> None:
+        self.clear()
+        for k, v in entries:
+            self._data[k] = v.to(device)
+            self.bytes += v.numel() * v.element_size()
+        self._shrink()
+
 
 class SkipLayer(nn.Module):
     """Stands in for lower decoder layer `layer_idx` while cached states are served: returns its input

@@ -3,6 +3,7 @@
 Layout of `<output_dir>/checkpoint/`:
     ckpt-<iteration>-rank<r>.safetensors   x, v, pbest (owned rows), gworst
     ckpt-<iteration>-rank<r>.json          bookkeeping (scores, counters, step length, ...)
+    ckpt-<iteration>-rank<r>.caches.pt     the utility's caches, when it keeps any (utilities/caches.py)
     latest-rank<r>.json                    {"iteration": t, "tensors": ..., "state": ...}
     journal.log                            one record per iteration (journal.py; rank 0)
 These snapshots are written only now and then (swarm.snapshot_every / snapshot_budget); the journal
@@ -18,6 +19,7 @@ iteration and reads only the rows `c` owns now, from whichever shards hold them 
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -29,15 +31,29 @@ from swarmkern.atomic import atomic_write_bytes, atomic_write_json, fsync_dir  #
 from swarmkern.streaming import save_safetensors_streaming
 
 CHECKPOINT_DIR = "checkpoint"
+CACHES_SUFFIX = ".caches.pt"  # the utility caches of a shard (torch.save; read back only by this package)
+
+
+def load_caches(output_dir: Path, iteration: int, rank: int = 0) -> dict[str, Any] | None:
+    """The utility caches saved with shard (iteration, rank), or None when it has none."""
+    path = Path(output_dir) / CHECKPOINT_DIR / f"ckpt-{iteration:07d}-rank{rank}{CACHES_SUFFIX}"
+    if not path.is_file():
+        return None
+    return torch.load(path, weights_only=False)  # predictions are dataclasses: written by save_checkpoint
 
 
 def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.Tensor],
-                    state: dict[str, Any], rank: int = 0) -> Path:
+                    state: dict[str, Any], rank: int = 0, caches: dict[str, Any] | None = None) -> Path:
     """Write one checkpoint atomically and point `latest-rank<r>.json` at it. The tensors are streamed
-    to the file block by block (they may be memory-mapped buffers larger than RAM, or on a GPU)."""
+    to the file block by block (they may be memory-mapped buffers larger than RAM, or on a GPU).
+    `caches`: the utility caches' states (utilities/caches.py), saved beside the tensors."""
     ckdir = Path(output_dir) / CHECKPOINT_DIR
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = f"ckpt-{iteration:07d}-rank{rank}"
+    if caches is not None:  # before the state file: a shard that is complete has its caches too
+        buf = io.BytesIO()
+        torch.save(caches, buf)
+        atomic_write_bytes(ckdir / f"{stem}{CACHES_SUFFIX}", buf.getvalue())
     save_safetensors_streaming(ckdir / f"{stem}.safetensors", {k: (t.detach(), t.dtype) for k, t in tensors.items()})
     atomic_write_json(ckdir / f"{stem}.json", state)
     fsync_dir(ckdir)
@@ -53,6 +69,7 @@ def save_checkpoint(output_dir: Path, iteration: int, tensors: dict[str, torch.T
         if it < floor and (r == rank or (rank == 0 and r >= world_size)):
             path.unlink(missing_ok=True)
             path.with_suffix(".safetensors").unlink(missing_ok=True)
+            path.with_suffix(CACHES_SUFFIX).unlink(missing_ok=True)
     if rank == 0:
         for pointer in ckdir.glob("latest-rank*.json"):
             m = re.fullmatch(r"latest-rank(\d+)\.json", pointer.name)

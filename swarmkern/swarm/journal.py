@@ -14,7 +14,7 @@ bookkeeping), one line per record:
 
 appended and fsync'ed (fdatasync) before the iteration counts as done. A record killed half-way
 (no newline, or a checksum that does not match) ends the journal: it and anything after it are
-ignored, and `open_for_append` cuts them off before the next record is written. Floats are written
+ignored, and `Journal(directory, keep_bytes=...)` cuts them off before the next record is written. Floats are written
 with repr (exact round trip); -inf as -Infinity.
 """
 from __future__ import annotations
@@ -61,11 +61,17 @@ def decode(line: bytes) -> Record | None:
 
 def read(directory: Path) -> tuple[list[Record], int]:
     """(the valid records in order, the byte size they span); stops at the first torn or damaged line."""
+    records, ends = read_with_ends(directory)
+    return records, (ends[-1] if ends else 0)
+
+
+def read_with_ends(directory: Path) -> tuple[list[Record], list[int]]:
+    """The valid records in order and, for each, the byte offset just after its line."""
     path = Path(directory) / JOURNAL
     if not path.is_file():
-        return [], 0
+        return [], []
     data = path.read_bytes()
-    records, end = [], 0
+    records, ends, end = [], [], 0
     while True:
         nl = data.find(b"\n", end)
         if nl < 0:
@@ -75,7 +81,8 @@ def read(directory: Path) -> tuple[list[Record], int]:
             break
         records.append(rec)
         end = nl + 1
-    return records, end
+        ends.append(end)
+    return records, ends
 
 
 class Journal:

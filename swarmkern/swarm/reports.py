@@ -1,6 +1,6 @@
 """The paper's reports at the end of a search: reports.json (also under "reports" in summary.json) and
 trajectory.png. Called by `Swarm.finish()`; a sweep calls `end_of_search` per configuration and
-`weak_to_strong_rate` across them.
+`weak_to_strong_rate` across them (sweep.json's "weak_to_strong").
 
     pbest_test_utilities   test utility of every final personal best (opt-in: report_pbest_test)
     ensembles              top-k prediction ensembles of the final personal bests, best dev utility
@@ -285,7 +285,10 @@ def _prediction_reports(swarm: "Swarm", report: dict[str, Any]) -> None:
             report["ensembles"] = {"order": order, **ens}
         else:
             skipped["ensembles"] = "the utility has no ensemble capability"
-    if cfg.report_emergence and predicting:
+    if cfg.report_emergence and predicting and not swarm.pool.has_numbers:
+        skipped["emergence"] = ("the starting experts' numbers are not available (the run was resumed "
+                                "without its experts, which have moved)")
+    elif cfg.report_emergence and predicting:
         found = {}
         for s, u in predicting.items():
             best_scores = u.example_scores(_predict(u, swarm.buffers.gbest.unsqueeze(0)))

@@ -40,6 +40,7 @@ import torch
 from swarmkern import ops
 from swarmkern.flat import ExpertPool, load_experts, save_expert
 from swarmkern.streaming import copy_rows_
+from swarmkern.utilities import caches as utility_caches
 
 from . import checkpoint as ckpt
 from . import journal, outputs, reports
@@ -155,6 +156,10 @@ class Swarm:
         self._snapshot_iteration: int | None = None  # the iteration of the latest snapshot
         self._snapshot_started = 0.0                  # perf_counter() when it started
         self._snapshot_cost = 0.0                     # its duration in seconds
+        # the utilities' caches (prediction memo, lower-layer cache): saved with every snapshot, so that a
+        # resumed run sees what the uninterrupted one saw (utilities/caches.py)
+        self._caches = utility_caches.collect({"dev": utility, "test": test_utility})
+        self.snapshots_deferred = False  # a sweep writes the snapshots itself, after each complete round
         if self.config.storage == "mmap" and self.output_dir is None:
             raise ValueError("swarm.storage: mmap needs an output directory (the buffers are files there)")
         if self.output_dir is not None and self.collective.rank == 0 and not _resuming:
@@ -253,10 +258,18 @@ class Swarm:
 
     @classmethod
     def resume(cls, output_dir: str | Path, utility: Utility, test_utility: Utility | None = None, *,
-               collective: Collective | None = None, pool: ExpertPool | None = None) -> "Swarm":
+               collective: Collective | None = None, pool: ExpertPool | None = None,
+               until: int | None = None, own_caches: bool = True) -> "Swarm":
         """A Swarm restored from `output_dir`: the latest complete snapshot (written by any number of
         processes) plus a replay of the journaled iterations after it. `.run()` continues it and ends
-        exactly where the uninterrupted run would have (same buffers, same history)."""
+        exactly where the uninterrupted run would have (same buffers, same history).
+
+        pool: the experts (default: read again from the paths in experts.json; when they have moved, a
+        description that can export but not read them, and the reports that need them are skipped).
+        When the utility keeps caches (utilities/caches.py) and the snapshot saved them, they are restored
+        and the iterations after the snapshot are evaluated again instead of replayed. `until`: replay
+        no further than this iteration (a sweep's last complete round); `own_caches=False`: the caller
+        (a sweep) saves and restores the utility's caches itself."""
         output_dir = Path(output_dir)
         collective = collective or LocalCollective()
         found = ckpt.latest_complete(output_dir)
@@ -268,11 +281,16 @@ class Swarm:
             raise ValueError(f"{output_dir}: checkpoint version {state.get('version')} is not {STATE_VERSION}")
         config = SwarmConfig.model_validate(state["config"])
         described = json.loads((output_dir / EXPERTS_JSON).read_text())
-        if pool is None:
-            pool = ExpertPool.from_description(described)
+        if pool is None:  # the experts from their recorded paths, or (moved) their description only
+            pool = ExpertPool.reload(described)
         elif pool.layout != ExpertPool.from_description(described).layout or len(pool) != len(described["names"]):
             raise ValueError(f"{output_dir}: the experts given to resume differ from the run's ({EXPERTS_JSON})")
         self = cls(config, pool, utility, test_utility, output_dir, collective=collective, _resuming=True)
+        if not own_caches:
+            self._caches = {}
+        if until is not None and book_iteration(state) > until:
+            raise ValueError(f"{output_dir}: its snapshot (iteration {book_iteration(state)}) is newer than "
+                             f"iteration {until}, where the resume must end")
         if str(self.dtype).removeprefix("torch.") != state["dtype"]:
             raise ValueError(f"{output_dir}: checkpoint dtype {state['dtype']} is not the run's {self.dtype}")
         book = Bookkeeping.from_json(state["book"])
@@ -284,7 +302,18 @@ class Swarm:
         self._point_gbest()
         self._snapshot_iteration, self._snapshot_cost = book.iteration, float(state.get("snapshot_seconds", 0.0))
         self._snapshot_started = time.perf_counter()
-        records, keep = journal.read(output_dir / ckpt.CHECKPOINT_DIR)
+        records, ends = journal.read_with_ends(output_dir / ckpt.CHECKPOINT_DIR)
+        keep = ends[-1] if ends else 0
+        saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) if self._caches else None
+        if saved_caches is not None:
+            # the caches as they were at the snapshot: the iterations after it are evaluated again (in the
+            # batches the uninterrupted run used, against the same cache entries), not replayed
+            utility_caches.restore(self._caches, saved_caches)
+            records = [r for r in records if r.iteration <= book.iteration]
+            keep = ends[len(records) - 1] if records else 0
+        if until is not None:
+            records = [r for r in records if r.iteration <= until]
+            keep = ends[len(records) - 1] if records else 0
         todo = [r for r in records if r.iteration > book.iteration]
         if todo and todo[0].iteration != book.iteration + 1:
             raise ValueError(f"{output_dir}: the journal starts at iteration {todo[0].iteration}, after the "
@@ -322,7 +351,7 @@ class Swarm:
         origins: list[dict[str, Any]] = [{"kind": "expert", "name": n} for n in self.pool.names]
         if cfg.include_base:
             rows.append(torch.zeros(K, dtype=torch.float64))
-            origins.append({"kind": "base", "name": "base"})
+            origins.append({"kind": "base", "name": base_particle_name(self.pool.names)})
         n_start = len(rows)
         target = cfg.n_particles if cfg.n_particles is not None else n_start
         if target < n_start:
@@ -648,10 +677,20 @@ class Swarm:
             record.history_bytes, record.wall_seconds = book.history_bytes, book.wall_seconds
             self._journal.append(record)
         self._last_snapshot_s = 0.0
-        if self._snapshot_due():
-            self._snapshot()
-            self._last_snapshot_s = self._snapshot_cost
+        if not self.snapshots_deferred:
+            self.snapshot_if_due()
         self._last_checkpoint_s = time.perf_counter() - t0
+
+    def snapshot_if_due(self, *, force: bool = False) -> bool:
+        """Write a snapshot when the policy says one is due (or `force`), unless this iteration has one.
+        Called by `tell`, or by a sweep (snapshots_deferred) once a whole round is on disk."""
+        if self.output_dir is None or not self.config.checkpoint or self._snapshot_iteration == self.book.iteration:
+            return False
+        if not (force or self._snapshot_due()):
+            return False
+        self._snapshot()
+        self._last_snapshot_s = self._snapshot_cost
+        return True
 
     def _snapshot_due(self) -> bool:
         """snapshot_every > 0: at its multiples; else snapshot_seconds after the last one; else
@@ -678,7 +717,9 @@ class Swarm:
                  "dtype": str(self.dtype).removeprefix("torch."), "dim": self.dim,
                  "owned": [self.buffers.owned.start, self.buffers.owned.stop],
                  "world_size": self.collective.world_size, "snapshot_seconds": self._snapshot_cost}
-        ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank)
+        caches = {name: c.state() for name, c in self._caches.items()} if self._caches else None
+        ckpt.save_checkpoint(self.output_dir, book.iteration, self.buffers.tensors(), state, self.collective.rank,
+                             caches=caches)
         self._snapshot_iteration, self._snapshot_started = book.iteration, t0
         self._snapshot_cost = time.perf_counter() - t0
 
@@ -694,7 +735,10 @@ class Swarm:
             name = "best" if self.pool.kind == "peft" else "best.safetensors"
             best_path = self.export_best(self.output_dir / name)
         summary = self._summary(test_utility, best_path)
-        summary["reports"] = reports.end_of_search(self, summary)
+        try:
+            summary["reports"] = reports.end_of_search(self, summary)
+        except Exception as err:  # a report must not lose a finished search: say why it is missing
+            summary["reports"] = {"skipped": {"reports": f"{type(err).__name__}: {err}"}}
         if self.output_dir is not None and coll.rank == 0:
             outputs.write_summary(self.output_dir, summary)
             try:
@@ -752,6 +796,20 @@ class Swarm:
     def _require_started(self) -> None:
         if self.book is None:
             raise RuntimeError("the swarm has not been initialised yet: call run()")
+
+
+def base_particle_name(expert_names: Sequence[str]) -> str:
+    """The base particle's name: "base", unless an expert has that name (then "base_model", ...)."""
+    taken = set(expert_names)
+    for name in ("base", "base_model", *(f"base_model_{i}" for i in range(2, len(taken) + 3))):
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable: more candidate names than experts")
+
+
+def book_iteration(state: dict[str, Any]) -> int:
+    """The iteration a snapshot's state was written at."""
+    return int(state["book"]["iteration"])
 
 
 def _clear_run(output_dir: Path) -> None:

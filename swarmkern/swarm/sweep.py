@@ -23,6 +23,7 @@ resumes); the sweep writes sweep.json, sweep.md, sweep.png and the winner's best
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -34,22 +35,24 @@ from typing import Any, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from swarmkern.atomic import atomic_write_json
+from swarmkern.atomic import atomic_write_bytes, atomic_write_json
 from swarmkern.flat import ExpertPool, load_experts
+from swarmkern.utilities import caches as utility_caches
 
 from . import checkpoint as ckpt
 from . import outputs
 from .collective import Collective, LocalCollective
 from .config import SwarmConfig
 from .randomness import Purpose, uniforms
-from .search import Ask, Swarm, SwarmResult, Utility, score_rows
+from .search import EXPERTS_JSON, Ask, Swarm, SwarmResult, Utility, base_particle_name, score_rows
 
 # The ranges the authors' scripts sample (uniformly) for their hyperparameter searches.
 AUTHORS_RANGES: dict[str, tuple[float, float]] = {
     "phi_v": (0.1, 0.3), "phi_p": (0.1, 0.5), "phi_g": (0.2, 0.6), "phi_w": (0.01, 0.1), "step": (0.5, 1.0)}
 
 SWEEP_STATE = "sweep_state.json"   # the configurations and options: what resume reads
-SWEEP_PROGRESS = "sweep_progress.json"  # utility calls and the seconds attributed to each swarm so far
+SWEEP_PROGRESS = "sweep_progress.json"  # the last complete round: swarm iterations, utility calls, seconds
+SWEEP_CACHES = "sweep_caches-rank{rank}.pt"  # the utility's caches at the round of the last snapshots (with caches only)
 RUNS_DIR = "runs"
 
 
@@ -185,7 +188,8 @@ class SweepResult:
     best_path: Path | None = None
 
     @property
-    def best(self) -> SwarmResult:
+    def winner_result(self) -> SwarmResult:
+        """The winning configuration's SwarmResult (its `.best` is the winning location [D])."""
         return self.results[self.winner]
 
 
@@ -201,7 +205,8 @@ class Sweep:
     def __init__(self, configs: Sequence[SwarmConfig], init: ExpertPool | torch.Tensor | Sequence[Any],
                  utility: Utility, *, test_utility: Utility | None = None, select_utility: Utility | None = None,
                  output_dir: str | Path | None = None, collective: Collective | None = None,
-                 overwrite: bool = False, batch_size: int | None = None, progress: bool = True):
+                 overwrite: bool = False, batch_size: int | None = None, progress: bool = True,
+                 _resumed: dict[str, Any] | None = None):
         if not configs:
             raise ValueError("sweep: no configurations")
         self.configs = [c.model_copy(update={"progress": False}) for c in configs]
@@ -210,11 +215,15 @@ class Sweep:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.collective = collective or LocalCollective()
         self.batch_size, self.progress = batch_size, progress
-        self.calls = self.rows_scored = 0
-        self.seconds = [0.0] * len(self.configs)
-        self._wall_base = 0.0
+        done = _resumed or {}  # the last complete round of a resumed sweep (sweep_progress.json)
+        self.calls, self.rows_scored = done.get("calls", 0), done.get("rows_scored", 0)
+        self.seconds = done.get("seconds", [0.0] * len(self.configs))
+        self._wall_base = done.get("wall_seconds", 0.0)
+        # the utility's caches (utilities/caches.py) are the sweep's, not any one swarm's: they are saved
+        # with a round of snapshots of every swarm, so that a resume restarts every swarm at that round
+        self._caches = utility_caches.collect({"dev": utility, "test": test_utility, "select": select_utility})
         rank0 = self.collective.rank == 0
-        if self.output_dir is not None and rank0:
+        if self.output_dir is not None and rank0 and _resumed is None:
             if (self.output_dir / SWEEP_STATE).exists() and not overwrite:
                 raise FileExistsError(f"{self.output_dir}: already holds a sweep; resume it (swarmkern sweep "
                                       "--resume-if-exists / Sweep.resume) or start afresh (--overwrite)")
@@ -224,47 +233,71 @@ class Sweep:
 
                 shutil.rmtree(self.output_dir / RUNS_DIR, ignore_errors=True)
                 (self.output_dir / SWEEP_PROGRESS).unlink(missing_ok=True)
+                for old in self.output_dir.glob(SWEEP_CACHES.format(rank="*")):
+                    old.unlink(missing_ok=True)
             atomic_write_json(self.output_dir / SWEEP_STATE, {
                 "configs": [c.model_dump(mode="json") for c in self.configs], "batch_size": batch_size}, indent=1)
-        self.swarms = [Swarm(c, self.pool, utility, output_dir=self._run_dir(i), collective=self.collective,
-                             overwrite=overwrite) for i, c in enumerate(self.configs)]
+        if _resumed is None:
+            self.swarms = [Swarm(c, self.pool, utility, output_dir=self._run_dir(i), collective=self.collective,
+                                 overwrite=overwrite) for i, c in enumerate(self.configs)]
+        else:
+            until = self._resume_round(_resumed)
+            self.swarms = [self._resume_swarm(i, c, until[i]) for i, c in enumerate(self.configs)]
+        for sw in self.swarms:
+            sw.snapshots_deferred = True  # written by _commit, once the whole round is on disk
+            sw._caches = {}
 
     @classmethod
     def resume(cls, output_dir: str | Path, utility: Utility, *, test_utility: Utility | None = None,
                select_utility: Utility | None = None, collective: Collective | None = None,
                pool: ExpertPool | None = None, progress: bool = True) -> "Sweep":
-        """The sweep in `output_dir`, each swarm restored from its latest checkpoint (a swarm that had
-        none yet starts afresh); `.run()` continues it."""
+        """The sweep in `output_dir` at its last complete round: each swarm restored from its latest
+        snapshot and journal (a swarm that had none yet starts afresh), no further than that round, and
+        with the utility's caches, the caches saved with the last round of snapshots (every swarm goes
+        back to that round). `.run()` continues it and ends where the uninterrupted sweep ends.
+        pool: the experts (default: read again from the paths the runs recorded)."""
         output_dir = Path(output_dir)
         path = output_dir / SWEEP_STATE
         if not path.is_file():
             raise FileNotFoundError(f"{output_dir}: no {SWEEP_STATE}; is this a swarmkern sweep output directory?")
         state = json.loads(path.read_text())
-        self = cls.__new__(cls)
-        self.configs = [SwarmConfig.model_validate(c) for c in state["configs"]]
-        self.pool = pool
-        self.utility, self.test_utility, self.select_utility = utility, test_utility, select_utility
-        self.output_dir, self.collective = output_dir, collective or LocalCollective()
-        self.batch_size, self.progress = state["batch_size"], progress
+        configs = [SwarmConfig.model_validate(c) for c in state["configs"]]
         done = {}
         if (output_dir / SWEEP_PROGRESS).is_file():
             done = json.loads((output_dir / SWEEP_PROGRESS).read_text())
-        self.calls = done.get("calls", 0)
-        self.rows_scored = done.get("rows_scored", 0)
-        self.seconds = done.get("seconds", [0.0] * len(self.configs))
-        self._wall_base = done.get("wall_seconds", 0.0)
-        self.swarms = []
-        for i, c in enumerate(self.configs):
-            run = self._run_dir(i)
-            if ckpt.has_checkpoint(run):
-                sw = Swarm.resume(run, utility, collective=self.collective, pool=pool)
-            else:
-                if pool is None:
-                    raise FileNotFoundError(f"{run}: no checkpoint; resuming it needs the experts (pool=...)")
-                sw = Swarm(c, pool, utility, output_dir=run, collective=self.collective, overwrite=True)
-            self.pool = self.pool or sw.pool
-            self.swarms.append(sw)
-        return self
+        if pool is None:
+            described = output_dir / RUNS_DIR / "000" / EXPERTS_JSON
+            if not described.is_file():
+                raise FileNotFoundError(f"{output_dir}: no swarm has started yet; resuming it needs the experts (pool=...)")
+            pool = ExpertPool.reload(json.loads(described.read_text()))
+        return cls(configs, pool, utility, test_utility=test_utility, select_utility=select_utility,
+                   output_dir=output_dir, collective=collective, batch_size=state["batch_size"], progress=progress,
+                   _resumed=done)
+
+    def _resume_round(self, done: dict[str, Any]) -> list[int | None]:
+        """Per swarm, the iteration a resume goes back to (-1: start afresh; None: its latest). With
+        caches: the round saved with them (restored here); else the last complete round."""
+        S = len(self.configs)
+        if self._caches:
+            path = self.output_dir / SWEEP_CACHES.format(rank=self.collective.rank)
+            if not path.is_file():
+                path = self.output_dir / SWEEP_CACHES.format(rank=0)  # fewer processes than before
+            if not path.is_file():
+                return [-1] * S  # no round saved with its caches: every swarm starts afresh, as the caches do
+            saved = torch.load(path, weights_only=False)  # written by _save_caches
+            if path.name == SWEEP_CACHES.format(rank=self.collective.rank):
+                utility_caches.restore(self._caches, saved["caches"])
+            return list(saved["iterations"])
+        if not done:
+            return [-1] * S
+        return list(done.get("iterations") or [None] * S)  # None: a sweep_progress.json of an older version
+
+    def _resume_swarm(self, i: int, config: SwarmConfig, until: int | None) -> Swarm:
+        run = self._run_dir(i)
+        if ckpt.has_checkpoint(run) and (until is None or until >= 0):
+            return Swarm.resume(run, self.utility, collective=self.collective, pool=self.pool, until=until,
+                                own_caches=False)
+        return Swarm(config, self.pool, self.utility, output_dir=run, collective=self.collective, overwrite=True)
 
     # -- the lockstep loop ---------------------------------------------------------------------------
     def run(self) -> SweepResult:
@@ -285,10 +318,31 @@ class Sweep:
                 bar.update(1)
                 bar.set_postfix(active=f"{len(active)}/{len(self.swarms)}",
                                 best=f"{max(s.book.u_gbest for s in self.swarms):.4g}")
-                self._save_progress(start)
+                self._commit(start)
         finally:
             bar.close()
+        self._commit(start, final=True)
         return self._finish(start)
+
+    def _commit(self, start: float, *, final: bool = False) -> None:
+        """The round is complete: record it (every swarm's iteration, the counters), then write the
+        snapshots that are due. Without caches each swarm keeps its own snapshot policy (a resume replays
+        each journal up to the recorded round). With caches every swarm is snapshotted at the same round,
+        when any one is due, and the caches are saved first, with that round's iterations (a resume goes
+        back to that round, and re-evaluates from it)."""
+        self._save_progress(start)
+        if self.output_dir is None:
+            return
+        if not self._caches:
+            for sw in self.swarms:
+                sw.snapshot_if_due(force=final)
+            return
+        if not (final or any(sw.config.checkpoint and sw._snapshot_iteration != sw.book.iteration
+                             and sw._snapshot_due() for sw in self.swarms)):
+            return
+        self._save_caches()
+        for sw in self.swarms:
+            sw.snapshot_if_due(force=True)
 
     def _round(self, active: list[int]) -> None:
         """One ask of every active swarm, their rows scored together, one tell each."""
@@ -360,6 +414,7 @@ class Sweep:
         key = (lambda i: (select[i], results[i].best_utility, -i)) if select is not None else \
               (lambda i: (results[i].best_utility, -i))
         winner = max(range(len(results)), key=key)
+        from .reports import weak_to_strong_rate
         from .sweep_report import sweep_entries, write_sweep_outputs
 
         entries = sweep_entries(self.configs, results, self.seconds, self._run_dir)
@@ -376,6 +431,8 @@ class Sweep:
             "initial_test_utilities": ({k: outputs.json_float(v) for k, v in starters.items()}
                                        if starters else None),
             "configurations": entries,
+            # how often a configuration's winner started outside the top half of its swarm
+            "weak_to_strong": weak_to_strong_rate(r.summary for r in results),
         }
         best_path = None
         if rank0 and self.output_dir is not None:
@@ -409,7 +466,7 @@ class Sweep:
         names = list(self.pool.names)
         if any(c.include_base for c in self.configs):
             coef = torch.cat([coef, torch.zeros(1, K, dtype=torch.float64)])
-            names.append("base")
+            names.append(base_particle_name(names))
         sw = self.swarms[0]
         mine = self.collective.owned(len(names))
         rows = torch.empty(len(mine), sw.dim, dtype=sw.dtype, device=sw.device)
@@ -426,4 +483,14 @@ class Sweep:
         if self.output_dir is None or self.collective.rank != 0:
             return
         atomic_write_json(self.output_dir / SWEEP_PROGRESS, {
-            "calls": self.calls, "rows_scored": self.rows_scored, "seconds": self.seconds, "wall_seconds": self._wall_base + time.perf_counter() - start})
+            "calls": self.calls, "rows_scored": self.rows_scored, "seconds": self.seconds,
+            "wall_seconds": self._wall_base + time.perf_counter() - start,
+            "iterations": [sw.book.iteration if sw.book is not None else -1 for sw in self.swarms]})
+
+    def _save_caches(self) -> None:
+        """The utility's caches and every swarm's iteration now (a complete round), in one file."""
+        buf = io.BytesIO()
+        torch.save({"iterations": [sw.book.iteration for sw in self.swarms],
+                    "caches": {name: c.state() for name, c in self._caches.items()}}, buf)
+        # each process has its own caches (of the rows it scores)
+        atomic_write_bytes(self.output_dir / SWEEP_CACHES.format(rank=self.collective.rank), buf.getvalue())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from swarmkern.evaluate.layer_cache import DEFAULT_LIMIT_BYTES
 from swarmkern.datasources import DataSource, materialize
@@ -23,6 +23,7 @@ from .registry import UtilityConfig
 __all__ = ["ModelUtility", "Scorer", "PredictionScorer", "jsonl_example_ids", "particle_evaluator", "plain_evaluator", "NORMALIZERS", "normalize_text"]
 
 _EVALUATORS: dict[tuple, Any] = {}
+_CACHE_OFF: set[tuple] = set()  # evaluators some utility built with layer_cache_mb: 0
 
 
 class ModelUtility(UtilityConfig):
@@ -45,11 +46,21 @@ class ModelUtility(UtilityConfig):
     share_prefix: bool = Field(True, description="run the layers below the first adapted layer once per batch")
     layer_cache_mb: float = Field(DEFAULT_LIMIT_BYTES / 2**20, ge=0, description=(
         "memory (MiB) for the outputs of the frozen layers below the first adapted layer, kept across calls "
-        "per example (LoRA pools; 0 turns it off); one limit per shared evaluator, the largest asked"))
+        "per example (LoRA pools; 0 turns it off, also for the other utilities sharing the evaluator); one "
+        "limit per shared evaluator, the largest asked"))
     memo_rows: int = Field(DEFAULT_MEMO_ROWS, ge=0, description=(
         "particles whose predictions are kept by content, so a particle scored again (the experts by the "
         "reports and by compare's baselines, the best by the reports) is not run again; 0 turns it off"))
+    allow_same_dev_and_test: bool = Field(False, description=(
+        "allow a test file with the same data as the dev file (a test score is then no held-out number)"))
     _state: dict = PrivateAttr(default_factory=dict)  # shared by the dev and test scorers of one config
+
+    @model_validator(mode="after")
+    def _dev_is_not_test(self) -> "ModelUtility":
+        if self.test is not None and not self.allow_same_dev_and_test and same_data(self.dev, self.test):
+            raise ValueError(f"test: {self.test} holds the same data as dev ({self.dev}), so the test score would "
+                             "not be held out; give another test file, or set allow_same_dev_and_test: true")
+        return self
 
     def has_split(self, split: str) -> bool:
         return split == "dev" or (split == "test" and self.test is not None)
@@ -63,9 +74,13 @@ class ModelUtility(UtilityConfig):
         raise ValueError(f"utility.{split}: no {split} split configured")
 
     def evaluator(self, pool: Any):
-        return particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
-                                  device=self.device, share_prefix=self.share_prefix,
-                                  layer_cache_bytes=int(self.layer_cache_mb * 2**20))
+        ev = particle_evaluator(pool, model=self.model, tokenizer=self.tokenizer, dtype=self.dtype,
+                                device=self.device, share_prefix=self.share_prefix,
+                                layer_cache_bytes=int(self.layer_cache_mb * 2**20))
+        known = self._state.setdefault("evaluators", [])  # build_utility hands them to the scorers
+        if all(e is not ev for e in known):
+            known.append(ev)
+        return ev
 
     def encode_prompts(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
         ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -126,6 +141,20 @@ def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
     return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
 
 
+def same_data(a: str | Path, b: str | Path) -> bool:
+    """Whether two data files are the same file or hold the same bytes (False when one cannot be read:
+    the loader reports that)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+        if pa.stat().st_size != pb.stat().st_size:
+            return False
+        return hashlib.sha256(pa.read_bytes()).digest() == hashlib.sha256(pb.read_bytes()).digest()
+    except OSError:
+        return False
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -138,7 +167,8 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
 
     PEFT pools -> LoraEvaluator (model defaults to the adapters' base_model_name_or_path);
     safetensors / state-dict pools -> FullWeightEvaluator (model required). `layer_cache_bytes`: the
-    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked.
+    lower-layer cache's limit (evaluate/layer_cache.py); a shared evaluator keeps the largest asked, or 0
+    (off) once any utility asks for 0.
     """
     from swarmkern.evaluate import LoraEvaluator
     from swarmkern.evaluate.full import FullWeightEvaluator
@@ -164,7 +194,12 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
            _digest([pool.layout.to_json(), pool.adapter_config if kind == "peft" else None]))
     if key in _EVALUATORS:
         ev = _EVALUATORS[key]
-        if layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
+        # the largest limit asked wins, except 0: a utility that turns the cache off turns it off for good
+        if layer_cache_bytes == 0:
+            _CACHE_OFF.add(key)
+        if key in _CACHE_OFF:
+            ev.layer_cache.resize(0)
+        elif layer_cache_bytes is not None and layer_cache_bytes > ev.layer_cache.limit_bytes:
             ev.layer_cache.resize(layer_cache_bytes)
         return ev
     tok = load_tokenizer(tok_dir)
@@ -179,6 +214,8 @@ def particle_evaluator(pool: Any, *, model: str | None = None, tokenizer: str | 
         ev = FullWeightEvaluator(lm, tok, pool.layout)
     if layer_cache_bytes is not None:
         ev.layer_cache.resize(layer_cache_bytes)
+    if layer_cache_bytes == 0:
+        _CACHE_OFF.add(key)
     _EVALUATORS[key] = ev
     return ev
 

@@ -107,8 +107,9 @@ class LmEval(UtilityConfig):
     """An lm-evaluation-harness task (or several) as the utility: the task's own metric for every particle.
 
     task: a task, group or tag name (or a list); include_path: directories of task YAML files.
-    dev_split (default: the task's validation_split, else its test_split) is scored during the search;
-    test_split (default: the task's test_split when it differs from the dev split) only for the report.
+    dev_split (default: the task's validation_split; a task without one needs dev_split) is scored during
+    the search; test_split (default: the task's test_split when it differs from the dev split) only for
+    the report. dev_split == test_split is an error unless allow_same_dev_and_test.
     metric: the metric (`acc`, `exact_match`, or lm-eval's `metric,filter` key); default: the task's
     first metric and first filter. Lower-is-better metrics (perplexity) are negated.
     """
@@ -117,6 +118,8 @@ class LmEval(UtilityConfig):
     include_path: str | list[str] | None = Field(None, description="directories with task YAML files")
     dev_split: str | None = Field(None, description="dataset split scored during the search")
     test_split: str | None = Field(None, description="dataset split scored only for the report")
+    allow_same_dev_and_test: bool = Field(False, description="allow dev_split == test_split (the test score "
+                                          "is then no held-out number)")
     num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (lm-eval's rule: a task "
                                     "whose YAML says 0 stays at 0)")
     fewshot_random_seed: int = Field(1234, description="seed of lm-eval's few-shot sampler (lm-eval's default)")
@@ -224,8 +227,14 @@ class LmEval(UtilityConfig):
         dev, test = _default_splits({"validation_split": task.config.validation_split,
                                      "test_split": task.config.test_split}, self.dev_split)
         chosen = dev if split == "dev" else (self.test_split or test)
+        if chosen is None and split == "dev":  # never its test split, silently: the search would fit the test
+            raise ValueError(f"utility.dev_split: task {name} has no validation split; choose the split to search "
+                             f"on with dev_split (e.g. dev_split: {task.config.training_split or 'train'})")
         if chosen is None:
             raise ValueError(f"utility.{split}_split: task {name} has no {split} split; set {split}_split")
+        if split == "test" and chosen == dev and not self.allow_same_dev_and_test:
+            raise ValueError(f"utility.test_split: task {name}: {chosen!r} is also the dev split, so the test score "
+                             "would not be held out; choose another split, or set allow_same_dev_and_test: true")
         available = list(getattr(task, "dataset", None) or [])
         if available and chosen not in available:
             raise ValueError(f"utility.{split}_split: task {name} has no split {chosen!r} "
@@ -581,10 +590,10 @@ def _walk(index: dict, name: str, overrides: dict | None, out: list, seen: set) 
 
 
 def _default_splits(cfg: dict, dev_split: str | None) -> tuple[str | None, str | None]:
-    """(dev, test) splits of a task config: dev = dev_split, else validation_split, else test_split;
-    test = test_split when it is not the dev split."""
+    """(dev, test) splits of a task config: dev = dev_split, else validation_split (None when the task
+    has none: its test split is never searched on unless chosen); test = test_split when it is not the dev split."""
     val, test = cfg.get("validation_split"), cfg.get("test_split")
-    dev = dev_split or val or test
+    dev = dev_split or val
     return dev, (test if test != dev else None)
 
 

@@ -78,6 +78,15 @@ class PredictionMemo:
                 return fresh
         return type(known[keys[0]]).join([known[k] for k in keys])
 
+    def state(self) -> list[tuple[bytes, Predictions]]:
+        """The entries in LRU order (oldest first), for a search's snapshot (see utilities/caches.py)."""
+        return list(self._data.items())
+
+    def load_state(self, entries: list[tuple[bytes, Predictions]]) -> None:
+        self._data = OrderedDict(entries)
+        while len(self._data) > self.max_rows:
+            self._data.popitem(last=False)
+
     def _put(self, key: bytes, preds: Predictions) -> None:
         self._data[key] = preds
         while len(self._data) > self.max_rows:

@@ -85,6 +85,10 @@ def build_utility(spec: dict | UtilityConfig, pool: Any) -> BuiltUtility:
     cfg = parse_utility_config(spec)
     dev = as_utility(cfg.build(pool, "dev"), f"utility {cfg.type} [dev]")
     test = as_utility(cfg.build(pool, "test"), f"utility {cfg.type} [test]") if cfg.has_split("test") else None
+    evaluators = list((getattr(cfg, "_state", None) or {}).get("evaluators", ()))
+    for scorer in (dev, test):
+        if evaluators and scorer is not None and not hasattr(scorer, "evaluators"):
+            scorer.evaluators = evaluators  # whose caches a search saves (utilities/caches.py)
     built = BuiltUtility(cfg, dev, test)
     built.finalizers.extend(fn.finalize for fn in (dev, test) if isinstance(fn, Finalizing))
     return built
