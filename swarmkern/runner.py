@@ -165,6 +165,7 @@ def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
             save_run_config(config, out)
             if info is not None:
                 atomic_write_json(out / SELECT_DIR / "split.json", info, indent=1)
+    sweep.guard, sweep.resamples = config.select.guard, config.select.resamples
     result = sweep.run()
     if rank0:
         built.finalize(out)

@@ -202,11 +202,22 @@ def candidate_rows(swarm: "Swarm", top_k: int) -> tuple[list[str], torch.Tensor]
             names.append("pbest_soup")
             rows.append((soup / len(order)).to(swarm.dtype))
     k, expert = best_expert(swarm)
-    row = torch.empty(1, swarm.dim, dtype=swarm.dtype, device=swarm.device)
-    swarm.pool.fill_rows(row, torch.eye(len(swarm.pool), dtype=torch.float64)[k:k + 1])
-    names.append(expert)
-    rows.append(row[0])
+    row = expert_row(swarm.pool, k, swarm)
+    if row is not None:
+        names.append(expert)
+        rows.append(row)
     return names, torch.stack([r.to(swarm.device) for r in rows])
+
+
+def expert_row(pool: Any, k: int, swarm: "Swarm") -> torch.Tensor | None:
+    """Expert k's row [D] in the swarm's dtype, or None when its numbers are not available (a pool
+    rebuilt from experts.json after the experts moved)."""
+    row = torch.empty(1, swarm.dim, dtype=swarm.dtype, device=swarm.device)
+    try:
+        pool.fill_rows(row, torch.eye(len(pool), dtype=torch.float64)[k:k + 1])
+    except (RuntimeError, OSError):
+        return None
+    return row[0]
 
 
 def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, seed: int) -> dict[str, Any]:
@@ -215,7 +226,18 @@ def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, 
     the global best, and update summary.json. Returns the keys added to the summary. Rank 0 only."""
     sec = plan.section
     names, rows = candidate_rows(swarm, sec.top_k)
-    expert = names[-1]
+    expert = best_expert(swarm)[1]
+    if names[-1] != expert:  # its weights are gone: nothing to compare with, nothing to guard
+        reason = stats.unavailable(f"{expert}'s weights are not available (experts moved since the run started)")
+        added = {"vs_best_expert": {"reference": expert, "dev": reason},
+                 "export": {"selected_on": plan.selected_on, "chosen": "global_best", "guard": sec.guard,
+                            "guard_fired": False, "note": reason["unavailable"] + ": the guard could not run"},
+                 "verdict": verdict({"dev": reason}, expert)}
+        if swarm.output_dir is not None:
+            from .outputs import write_summary
+
+            write_summary(swarm.output_dir, {**_read_summary(swarm), **added})
+        return added
     bs = swarm.config.batch_size
     dev = score_rows_on(swarm.utility, rows, bs)
     select = score_rows_on(select_utility, rows, bs) if select_utility is not None else None
@@ -277,3 +299,59 @@ def _read_summary(swarm: "Swarm") -> dict[str, Any]:
 
 def _json_float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+# -- a sweep's configurations and its winner -------------------------------------------------------------
+def finish_sweep(sweep: Any, results: Sequence[Any], entries: list[dict[str, Any]], winner: int,
+                 seed: int = 0) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Compare each configuration's final best with the best starting expert (chosen on the searches'
+    dev) on dev, select and test (`entries[i]["vs_best_expert"]`), and apply the guard to the winner.
+    Returns (keys for sweep.json, the expert's row when the guard fired, else None)."""
+    swarm0 = sweep.swarms[0]
+    k, expert = best_expert(swarm0)
+    ref = expert_row(sweep.pool, k, swarm0)
+    gone = f"{expert}'s weights are not available (experts moved since the run started)"
+    rows = torch.stack([s.best for s in sweep.swarms] + ([ref.to(swarm0.device)] if ref is not None else []))
+    r = len(sweep.swarms)
+    splits = {"dev": sweep.utility, "select": sweep.select_utility, "test": sweep.test_utility}
+    scored: dict[str, Scored] = {}
+    for split, u in splits.items():
+        if u is None:
+            continue
+        if split == "dev" and (ref is None or not isinstance(u, Predicting)):
+            # the dev utilities are known: no second call where there are no per-example scores to get
+            known = [res.best_utility for res in results] + [swarm0.book.initial_utilities[
+                next(i for i, o in enumerate(swarm0.origins) if o["kind"] == "expert" and o["name"] == expert)]]
+            why = gone if isinstance(u, Predicting) else f"utility '{getattr(u, 'name', 'utility')}' gives no per-example scores"
+            scored[split] = Scored(known, None, why)
+        elif ref is not None:
+            scored[split] = score_rows_on(u, rows, sweep.batch_size)
+    resamples = getattr(sweep, "resamples", stats.DEFAULT_RESAMPLES)
+
+    def blocks_of(i: int) -> dict[str, Any]:
+        out = {"reference": expert, **{s: comparison(sc, i, r, seed, resamples) for s, sc in scored.items()}}
+        for s in ("select", "test"):
+            if splits[s] is not None and s not in out:
+                out[s] = stats.unavailable(gone)
+        return out
+
+    for i, e in enumerate(entries):
+        e["vs_best_expert"] = blocks_of(i)
+    on = "select" if splits["select"] is not None else "dev"
+    enabled = getattr(sweep, "guard", True)
+    export: dict[str, Any] = {"selected_on": on, "chosen": f"configuration {winner}", "guard": enabled,
+                              "guard_fired": False}
+    fired = False
+    if on in scored:
+        what = "the held-out split" if on == "select" else "dev"
+        _, fired, message = guard({"winner": scored[on].means[winner], expert: scored[on].means[r]},
+                                  ["winner", expert], expert, enabled, what)
+        export["best_expert"] = {s: _json_float(sc.means[r]) for s, sc in scored.items()}
+        if fired and ref is None:
+            fired, export["note"] = False, f"{message}, but {gone}: exporting the winner"
+        elif fired:
+            export.update(chosen=expert, guard_fired=True, message=message)
+    else:
+        export["note"] = f"{gone}: the guard could not run"
+    blocks = blocks_of(r if fired else winner)
+    return {"vs_best_expert": blocks, "export": export, "verdict": verdict(blocks, expert)}, (ref if fired else None)
