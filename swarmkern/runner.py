@@ -89,6 +89,7 @@ def _choose_export(swarm, result, plan, select) -> None:
     from swarmkern.swarm.selection import finish_search
 
     added = finish_search(swarm, plan, select, swarm.config.seed)
+    added.pop("_row")
     result.summary.update(added)
     if "best_path" in added:
         result.best_path = Path(added["best_path"])

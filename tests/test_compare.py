@@ -145,7 +145,7 @@ def test_bad_compare_sections_are_one_line_errors(tmp_path, compare, message):
 def test_format_table_marks_missing_values():
     table = format_table({"a": {"dev": 0.5, "test": None, "evaluations": 3, "seconds": 1.0, "info": {"scaling": 0.5}},
                           "b": {"dev": None, "test": None, "evaluations": 0, "seconds": 0.0, "error": "boom"}})
-    assert "| a | 0.5000 | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | 0 | 0.0 | boom |" in table
+    assert "| a | 0.5000 | — | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | — | 0 | 0.0 | boom |" in table
 
 
 @pytest.mark.parametrize("rslora", [False, True])

@@ -223,7 +223,8 @@ def expert_row(pool: Any, k: int, swarm: "Swarm") -> torch.Tensor | None:
 def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, seed: int) -> dict[str, Any]:
     """Choose the export among the candidates (on the select split, or the global best with select: dev),
     apply the guard, compare it with the best expert on dev / select / test, re-export it when it is not
-    the global best, and update summary.json. Returns the keys added to the summary. Rank 0 only."""
+    the global best, and update summary.json. Returns the keys added to the summary (and, not for JSON,
+    the exported row under "_row"). Rank 0 only."""
     sec = plan.section
     names, rows = candidate_rows(swarm, sec.top_k)
     expert = best_expert(swarm)[1]
@@ -237,7 +238,7 @@ def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, 
             from .outputs import write_summary
 
             write_summary(swarm.output_dir, {**_read_summary(swarm), **added})
-        return added
+        return {**added, "_row": rows[0]}
     bs = swarm.config.batch_size
     dev = score_rows_on(swarm.utility, rows, bs)
     select = score_rows_on(select_utility, rows, bs) if select_utility is not None else None
@@ -280,7 +281,7 @@ def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, 
         from .outputs import write_summary
 
         write_summary(swarm.output_dir, summary)
-    return {k: summary[k] for k in (*added, "test_utility", "best_path") if k in summary}
+    return {**{k: summary[k] for k in (*added, "test_utility", "best_path") if k in summary}, "_row": rows[c]}
 
 
 def _count(info: dict[str, Any], key: str) -> int:
