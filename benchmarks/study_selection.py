@@ -179,8 +179,15 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _expert_exported(r: dict[str, Any]) -> bool:
+    """The run exported a starting expert (the guard's rule, or the expert best outright)."""
+    return not r["chosen"].startswith(("global_best", "pbest_", "configuration"))
+
+
 def render(rows: list[dict[str, Any]], command: str) -> str:
     from statistics import mean
+
+    rows = [{**r, "guard_fired": _expert_exported(r)} for r in rows]
 
     pools = list(dict.fromkeys(r["pool"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -193,14 +200,14 @@ def render(rows: list[dict[str, Any]], command: str) -> str:
              "**audit**: examples no search, selection or choice of default ever saw (the study's yardstick). "
              "**test**: reported for the evidence table only; nothing was chosen on it.", "",
              "## Audit split (the choice of the default is made on this table alone)", "",
-             "| pool | variant | seed | audit vs best expert | guard fired | exported | seconds |",
+             "| pool | variant | seed | audit vs best expert | expert exported | exported | seconds |",
              "| --- | --- | ---: | --- | --- | --- | ---: |"]
     for r in rows:
         lines.append(f"| {r['pool']} | {r['variant']} | {r['seed']} | {r['audit']['text']} | "
                      f"{'yes' if r['guard_fired'] else 'no'} | {r['chosen']} | {r['seconds']:.0f} |")
     lines += ["", "Per pool and variant: mean audit difference (points), the worst seed, runs with a significant "
               "loss (McNemar p < 0.05), and the mean seconds relative to `split`.", "",
-              "| pool | variant | mean audit difference | worst seed | significant losses | guard fired | seconds (x split) |",
+              "| pool | variant | mean audit difference | worst seed | significant losses | expert exported | seconds (x split) |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for p in pools:
         base = [r["seconds"] for r in rows if r["pool"] == p and r["variant"] == "split"]
@@ -215,7 +222,7 @@ def render(rows: list[dict[str, Any]], command: str) -> str:
                          f"{sum(r['audit']['verdict'] == 'loss' for r in rs)}/{len(rs)} | "
                          f"{sum(r['guard_fired'] for r in rs)}/{len(rs)} | {sec:.0f} s ({ratio}) |")
     lines += ["", "## Test split (evidence only)", "",
-              "| pool | variant | seed | test vs best expert | verdict | guard fired |", "| --- | --- | ---: | --- | --- | --- |"]
+              "| pool | variant | seed | test vs best expert | verdict | expert exported |", "| --- | --- | ---: | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['pool']} | {r['variant']} | {r['seed']} | {r['test']['text']} | {r['test']['verdict']} | "
                      f"{'yes' if r['guard_fired'] else 'no'} |")
@@ -236,6 +243,7 @@ def main() -> None:
     ap.add_argument("--variants", default="dev,split,sweep4")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--render-only", action="store_true", help="Rewrite --out from WORK/results.jsonl.")
     args = ap.parse_args()
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -244,6 +252,9 @@ def main() -> None:
     have = {(r["pool"], r["variant"], r["seed"]) for r in done}
     command = ("python benchmarks/study_selection.py --pools {} --seeds {} --variants {} --work DIR --out {}"
                .format(args.pools, args.seeds, args.variants, args.out))
+    if args.render_only:
+        Path(args.out).write_text(render(done, command))
+        return
     for name in args.pools.split(","):
         pool = build_pool(name, work / "pools" / name)
         judge = None

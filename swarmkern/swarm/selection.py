@@ -157,11 +157,12 @@ def comparison(scored: Scored, candidate: int, reference: int, seed: int, resamp
 def guard(select_scores: dict[str, float], order: Sequence[str], reference: str, enabled: bool,
           split: str = "the held-out split") -> tuple[str, bool, str | None]:
     """(chosen, fired, message): the candidate (of `order`, preferred first on ties) with the best
-    score; with the guard on, `reference` unless a candidate beats it strictly."""
+    score; with the guard on, `reference` unless a candidate beats it strictly. `fired` is true when
+    the guard is on and the reference is exported; the message is given whenever the reference is."""
     best = max(order, key=lambda n: (select_scores[n], -order.index(n)))
-    if not enabled or best == reference or select_scores[best] > select_scores[reference]:
-        return best, False, None
-    return reference, True, f"no candidate beat {reference} on {split}: exporting {reference}"
+    if best == reference or (enabled and select_scores[best] <= select_scores[reference]):
+        return reference, enabled, f"no candidate beat {reference} on {split}: exporting {reference}"
+    return best, False, None
 
 
 def verdict(blocks: dict[str, Any], reference: str) -> str:
