@@ -4,9 +4,10 @@ searches never see, through the user's path (`swarmkern search` / `swarmkern swe
     python benchmarks/study_selection.py --pools tiny8,tiny6,demo-tiny --seeds 0,1,2 \
         --variants dev,split,sweep4 --work DIR --out benchmarks/results/selection_study.md
 
-Each pool has a dev file (what the user gives the search), an *audit* file (examples from the same
-distribution that no search, no selection and no default ever sees: the study's yardstick) and a test
-file (the README's evidence table; never used to choose anything). The variants, each a config a user
+Each pool has a dev file (what the user gives the search; 300 examples, the real demo's own 200), an
+*audit* file (300 examples, 200 for the demo pools: from the same distribution, seen by no search, no
+selection and no choice of default: the study's yardstick) and a test file (500 examples, 400 for
+demo-tiny; for the evidence table, never used to choose anything). The variants, each a config a user
 runs:
 
     dev      select: dev      the paper's rule: export the global best on dev
@@ -85,8 +86,9 @@ def build_pool(name: str, root: Path) -> dict[str, Any]:
         cache = cache_root(None)
         expert_dir = find_experts(cfg.experts, model_dir, template, cache) or build_experts(
             cfg.experts, model_dir, template, CONTINUATION, cache, print, progress=False)
-        n_dev = N_DEV if tiny else 200  # the real demo's own dev size
-        dev, test, audit = tasks.target_splits(n_dev, N_TEST, seed=1 + cfg.seed, n_holdout=N_AUDIT)
+        # the demo's generator has 240 distinct questions per target skill (4 skills): 900 at most here
+        n_dev, n_test = (N_DEV, 400) if tiny else (200, N_TEST)  # the real demo's own dev and test sizes
+        dev, test, audit = tasks.target_splits(n_dev, n_test, seed=1 + cfg.seed, n_holdout=200)
         quiz = write_quiz(root, {"dev": dev, "test": test, "audit": audit})
         search_yaml, _ = write_configs(cfg, root, model_dir, expert_dir, template, quiz)
         run = yaml.safe_load(search_yaml.read_text())
