@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = ["Comparison", "compare_paired", "paired_bootstrap_ci", "mcnemar_exact", "sign_flip_test",
            "unavailable", "verdict_line", "sample_size_paired", "sample_size_table", "format_sample_size_table",
+           "detectable_gain", "format_detectable_table",
            "DEFAULT_RESAMPLES", "DEFAULT_ALPHA"]
 
 DEFAULT_RESAMPLES = 2000
@@ -205,3 +206,30 @@ def format_sample_size_table(rows: list[dict[str, Any]], power: float = 0.8) -> 
         cells = [f"{r['n'][g]:,}" if r["n"][g] is not None else "—" for g in gains]
         lines.append(f"| {100 * r['discordant']:g}% | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n(two-sided test at 5%, {100 * power:g}% power)"
+
+
+def detectable_gain(n: int, discordant: float, *, alpha: float = DEFAULT_ALPHA, power: float = 0.8) -> float:
+    """The smallest true gain that n paired 0/1 examples detect with probability `power` (the inverse of
+    sample_size_paired, by bisection)."""
+    lo, hi = 1e-6, discordant
+    if sample_size_paired(hi, discordant, alpha=alpha, power=power) > n:
+        return math.nan
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sample_size_paired(mid, discordant, alpha=alpha, power=power) > n else (lo, mid)
+    return hi
+
+
+def format_detectable_table(ns: Sequence[int] = (100, 200, 300, 500, 1000, 2000),
+                            discordant: Sequence[float] = (0.10, 0.20, 0.30)) -> str:
+    lines = ["| examples | " + " | ".join(f"{100 * q:g}% answered right by only one model" for q in discordant) + " |",
+             "|" + " --- |" * (len(discordant) + 1)]
+    for n in ns:
+        lines.append(f"| {n:,} | " + " | ".join(f"{100 * detectable_gain(n, q):.1f} points" for q in discordant) + " |")
+    return "\n".join(lines) + "\n\n(the smallest true gain detected with 80% power by a two-sided test at 5%)"
+
+
+if __name__ == "__main__":  # the tables of docs/STATISTICS.md: python -m swarmkern.stats
+    print(format_sample_size_table(sample_size_table()))
+    print()
+    print(format_detectable_table())

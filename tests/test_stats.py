@@ -113,3 +113,9 @@ def test_sample_size_grows_as_the_gain_shrinks():
     table = stats.sample_size_table()
     assert [r["discordant"] for r in table] == [0.1, 0.2, 0.3]
     assert "gain of 5 points" in stats.format_sample_size_table(table)
+
+
+def test_detectable_gain_inverts_the_sample_size():
+    g = stats.detectable_gain(626, 0.2)
+    assert g == pytest.approx(0.05, abs=5e-4)
+    assert stats.sample_size_paired(g, 0.2) <= 626
