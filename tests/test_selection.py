@@ -191,3 +191,20 @@ def test_sweep_reports_every_configuration_against_the_best_expert(setup, data, 
     assert res.output.strip().splitlines()[-2] == sweep["verdict"]
     winner_summary = json.loads((out / "summary.json").read_text())
     assert winner_summary["export"] == export and winner_summary["verdict"] == sweep["verdict"]
+
+
+def test_a_run_started_before_select_splits_resumes_on_dev(setup, data, tmp_path):
+    """An output dir without select/split.json (an older run searched the whole dev set) resumes with
+    the export chosen on dev, and says why."""
+    import shutil
+
+    from swarmkern.runner import resume_search
+
+    _search(_config(setup, data, tmp_path / "run", select="dev"))
+    shutil.rmtree(tmp_path / "run" / "select", ignore_errors=True)
+    cfg = (tmp_path / "run" / "config.yaml")
+    saved = yaml.safe_load(cfg.read_text())
+    saved.pop("select")  # as an older version wrote it
+    cfg.write_text(yaml.safe_dump(saved))
+    res = resume_search(tmp_path / "run")
+    assert res.summary["export"]["selected_on"] == "dev" and "split.json is missing" in res.summary["export"]["note"]

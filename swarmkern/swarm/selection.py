@@ -100,9 +100,11 @@ def prepare_search(config: "RunConfig", output_dir: str | Path, *, resume: bool,
     saved = split_dir / SPLIT_JSON
     digests = {where: file_digest(p) for where, p in dev_files(spec).items() if Path(p).is_file()}
     if resume:
-        if not saved.is_file():
-            raise SelectSplitChanged(f"{saved}: missing; the run's held-out select split cannot be rebuilt")
-        old = json.loads(saved.read_text()).get("dev_sha256", {})
+        if not saved.is_file():  # a run started before select splits existed searched the whole dev
+            return SearchPlan(spec, None, "dev", sec, f"{saved} is missing (the run searched the whole dev set): "
+                                                      "the export is chosen on dev")
+        old_info = json.loads(saved.read_text())
+        old = old_info.get("dev_sha256", {})
         for where, digest in digests.items():
             if old.get(where) != digest:
                 raise SelectSplitChanged(f"{dev_files(spec)[where]} ({where}): changed since the run carved its "
@@ -110,6 +112,9 @@ def prepare_search(config: "RunConfig", output_dir: str | Path, *, resume: bool,
     search_spec, select_spec, info = carve_select(spec, split_dir, fraction=sec.fraction, size=sec.size,
                                                   seed=sec.seed)
     info = {"fraction": sec.fraction, "size": sec.size, "seed": sec.seed, "dev_sha256": digests, **info}
+    if resume and _ids(info) != _ids(old_info):
+        raise SelectSplitChanged(f"{saved}: the select split carved again differs from the run's; resume needs "
+                                 "the same dev file and select settings (or start afresh)")
     if not resume and write:
         atomic_write_json(saved, info, indent=1)
     return SearchPlan(search_spec, select_spec, "select", sec, None, info)
@@ -283,6 +288,13 @@ def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, 
 
         write_summary(swarm.output_dir, summary)
     return {**{k: summary[k] for k in (*added, "test_utility", "best_path") if k in summary}, "_row": rows[c]}
+
+
+def _ids(info: dict[str, Any]) -> Any:
+    """The example ids of each part (per task for multitask) of a split.json."""
+    if "select_ids" in info:
+        return info.get("search_ids"), info.get("select_ids")
+    return {k: _ids(v) for k, v in info.items() if isinstance(v, dict) and "select_ids" in v}
 
 
 def _count(info: dict[str, Any], key: str) -> int:
