@@ -65,9 +65,9 @@ class SelectSection(BaseModel):
     """How the exported expert is chosen (swarm/selection.py, docs/STATISTICS.md): on a `split` held out
     from dev (seeded; the search runs on the rest) among the global best, the top-k personal bests,
     their average and the best starting expert, or on `dev` as in the paper (the global best). `select:
-    dev` / `select: split` is short for `select: {on: ...}`."""
+    dev` / `select: split` is short for `select: {mode: ...}`."""
     model_config = ConfigDict(extra="forbid", frozen=True)
-    on: Literal["auto", "split", "dev"] = Field("auto", description=(
+    mode: Literal["auto", "split", "dev"] = Field("auto", description=(
         "auto: split when the utility reads its dev examples from a JSONL file, else dev; split: hold out a "
         "part of dev and choose the export on it; dev: the paper's rule (the global best on dev)."))
     fraction: float = Field(0.3, gt=0, lt=1, description="split: the fraction of dev held out.")
@@ -82,7 +82,7 @@ class SelectSection(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        return {"on": data} if isinstance(data, str) else data
+        return {"mode": data} if isinstance(data, str) else data
 
 
 class RunConfig(BaseModel):

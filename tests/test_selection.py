@@ -109,7 +109,7 @@ def test_select_dev_keeps_the_papers_rule(setup, data, tmp_path):
 
 
 def test_guard_off_exports_the_best_candidate(setup, data, tmp_path):
-    _search(_config(setup, data, tmp_path / "run", select={"on": "split", "guard": False, "top_k": 4}))
+    _search(_config(setup, data, tmp_path / "run", select={"mode": "split", "guard": False, "top_k": 4}))
     export = json.loads((tmp_path / "run" / "summary.json").read_text())["export"]
     assert not export["guard_fired"] and export["guard"] is False
     order = [c["name"] for c in export["candidates"]]

@@ -87,7 +87,7 @@ def prepare_search(config: "RunConfig", output_dir: str | Path, *, resume: bool,
     from swarmkern.utilities.holdout import carve_select
 
     sec, spec, out = config.select, config.utility, Path(output_dir)
-    mode = sec.on
+    mode = sec.mode
     if mode == "auto":
         mode = "split" if _splittable(spec) else "dev"
         note = None if mode == "split" else (f"utility type {spec.get('type')!r} reads no dev JSONL file to carve "
