@@ -102,13 +102,23 @@ def _finite(x: Any) -> float | None:
 
 
 def _run_swarm(cfg: CompareConfig, pool, built, out: Path) -> dict[str, Any]:
-    """The swarm on the dev utility; its best is scored on test here, as every baseline's is (so its
-    seconds, like theirs, exclude test scoring; they include its checkpoints and exports)."""
+    """The swarm as `swarmkern search` runs it: on dev, or on the rest of dev with its export chosen on
+    the held-out select split (the config's `select:`, guard included). Its export is scored on dev and
+    test here, as every baseline's is (so its seconds, like theirs, exclude test scoring; they include
+    its checkpoints, the choice of the export and the exports)."""
     from swarmkern.merge.base import to_scores
+    from swarmkern.runner import _built_utilities, _search_plan
     from swarmkern.swarm import Swarm
+    from swarmkern.swarm.selection import finish_search
 
     t0 = time.perf_counter()
-    result = Swarm(cfg.run.swarm, pool, built.dev, output_dir=out / "swarm", overwrite=True).run()
+    plan = _search_plan(cfg.run.model_copy(update={"output": cfg.run.output.model_copy(update={"overwrite": True})}),
+                        out / "swarm", resume=False, rank0=True)
+    searched, select = _built_utilities(plan, pool) if plan.select_spec is not None else (built, None)
+    swarm = Swarm(cfg.run.swarm, pool, searched.dev, output_dir=out / "swarm", overwrite=True)
+    result = swarm.run()
+    added = finish_search(swarm, plan, select, cfg.run.swarm.seed)
+    row = added.pop("_row")
     seconds = time.perf_counter() - t0
     from swarmkern.provenance import record_run
     from swarmkern.runner import save_run_config
@@ -116,14 +126,48 @@ def _run_swarm(cfg: CompareConfig, pool, built, out: Path) -> dict[str, Any]:
     save_run_config(cfg.run, out / "swarm")  # what `swarmkern export` reads (base model, experts, data)
     record_run(out / "swarm", result.summary)
     s = result.summary
+    dev = float(to_scores(built.dev(row.unsqueeze(0).to(pool.dtype)), 1)[0])
     test = None
     if built.test is not None:
-        test = float(to_scores(built.test(result.best.unsqueeze(0).to(pool.dtype)), 1)[0])
-    return {"dev": _finite(s.get("best_dev_utility")), "test": _finite(test),
-            "evaluations": int(s["evaluations"]), "seconds": round(seconds, 3),
-            "info": {"iterations": s.get("iterations"), "stop_reason": s.get("stop_reason"),
-                     "best_particle_origin": s.get("best_particle_origin")},
-            "_row": result.best}
+        test = float(to_scores(built.test(row.unsqueeze(0).to(pool.dtype)), 1)[0])
+    export = added["export"]
+    info = {"iterations": s.get("iterations"), "stop_reason": s.get("stop_reason"),
+            "best_particle_origin": s.get("best_particle_origin"), "exported": export["chosen"],
+            "selected_on": export["selected_on"]}
+    if export.get("message"):
+        info["guard"] = export["message"]
+    return {"dev": _finite(dev), "test": _finite(test), "evaluations": int(s["evaluations"]),
+            "seconds": round(seconds, 3), "info": info, "_row": row}
+
+
+def _vs_best_expert(results: dict[str, dict[str, Any]], rows: dict[str, torch.Tensor], pool, built,
+                    seed: int) -> str | None:
+    """results[method]["vs_best_expert"]: each method's answer against the best single expert (chosen
+    on dev) on dev and test, with the paired interval and test (swarmkern/stats.py); methods without a
+    row (a prediction ensemble) or utilities without per-example scores say why. Returns the reference."""
+    from swarmkern import stats
+    from swarmkern.swarm.selection import comparison, score_rows_on
+
+    K = len(pool)
+    experts = torch.empty(K, pool.layout.numel, dtype=pool.dtype)
+    pool.fill_rows(experts, torch.eye(K, dtype=torch.float64))
+    dev_experts = score_rows_on(built.dev, experts)
+    k = max(range(K), key=lambda i: (dev_experts.means[i], -i))
+    reference = pool.names[k]
+    names = [n for n in results if n in rows]
+    stacked = torch.stack([rows[n].to(pool.dtype).cpu() for n in names] + [experts[k]])
+    scored = {"dev": score_rows_on(built.dev, stacked)}
+    if built.test is not None:
+        scored["test"] = score_rows_on(built.test, stacked)
+    for name, r in results.items():
+        if name in rows:
+            i = names.index(name)
+            r["vs_best_expert"] = {"reference": reference, **{s: comparison(sc, i, len(names), seed, 2000)
+                                                              for s, sc in scored.items()}}
+        elif r.get("error") is None:
+            why = stats.unavailable("a prediction ensemble has no single model to score per example")
+            r["vs_best_expert"] = {"reference": reference, **{s: why for s in scored}}
+    return reference
 
 
 def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
@@ -183,6 +227,7 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
                 traceback.print_exc()
             echo(f"  {method.name} failed: {msg}")
 
+    reference = _vs_best_expert(results, rows, pool, built, cmp_.seed if cmp_.seed is not None else run.swarm.seed)
     atomic_write_bytes(out / "compare.json", json.dumps(results, indent=2).encode())
     table = format_table(results, budget)
     atomic_write_bytes(out / "compare.md", (table + "\n").encode())
@@ -196,7 +241,27 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
             save_expert(pool, row, out / "merged" / name)
     built.finalize(out)
     echo(table)
+    if "swarm" in results:
+        echo(f"swarm: {compare_verdict(results['swarm'], reference)}")
     return results
+
+
+def compare_verdict(result: dict[str, Any], reference: str | None) -> str:
+    """The one-line verdict of a method against the best expert: on test when there is one, else dev."""
+    from swarmkern.stats import verdict_line
+
+    vs = result.get("vs_best_expert") or {}
+    split = "test" if "test" in vs else "dev"
+    return verdict_line(split, vs.get(split), reference or "the best expert")
+
+
+def vs_cell(result: dict[str, Any]) -> str:
+    """"+2.2 [-1.4, +5.8], p = 0.23" on test (else dev), or why there is none."""
+    vs = result.get("vs_best_expert") or {}
+    block = vs.get("test") or vs.get("dev")
+    if not block:
+        return "—"
+    return block.get("text") or f"n/a: {block.get('unavailable')}"
 
 
 def _save_delta(deltas: dict[str, torch.Tensor], pool, path: Path) -> Path:
@@ -224,18 +289,24 @@ def _fmt(x: float | None) -> str:
 
 def format_table(results: dict[str, dict[str, Any]], budget: int | None = None) -> str:
     """The Markdown table: one row per method (swarm first), dev, test, evaluations, seconds."""
-    lines = ["| method | dev | test | evaluations | seconds | notes |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    ref = next((r["vs_best_expert"]["reference"] for r in results.values() if r.get("vs_best_expert")), None)
+    split = "test" if any("test" in (r.get("vs_best_expert") or {}) for r in results.values()) else "dev"
+    lines = [f"| method | dev | test | vs best expert ({ref or '-'}, {split}) | evaluations | seconds | notes |",
+             "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for name, r in results.items():
         note = r.get("error", "")
         if not note:
             info = r.get("info") or {}
             bits = [f"{k}={info[k]}" for k in ("expert", "scaling", "ingredients", "experts", "recipe", "density",
-                                                 "delta_energy_kept", "iterations") if k in info]
+                                                 "delta_energy_kept", "iterations", "exported", "guard") if k in info]
             note = "; ".join(str(b) for b in bits)
-        lines.append(f"| {name} | {_fmt(r['dev'])} | {_fmt(r['test'])} | {r['evaluations']} | "
+        lines.append(f"| {name} | {_fmt(r['dev'])} | {_fmt(r['test'])} | {vs_cell(r)} | {r['evaluations']} | "
                      f"{r['seconds']:.1f} | {note.replace('|', '/')} |")
     if budget is not None:
         lines.append(f"\nSearching methods (lorahub, evolutionary) were given {budget} dev evaluations.")
+    if ref:
+        lines.append(f"\nvs best expert: the difference from {ref} (the best single expert on dev), its 95% paired "
+                     "bootstrap interval and the paired test's p-value (docs/STATISTICS.md).")
     return "\n".join(lines)
 
 

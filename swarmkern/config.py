@@ -5,6 +5,7 @@
     utility:  {type: ..., ...}                                the objective (swarmkern.utilities registry)
     output:   {dir: ..., overwrite: false}                     where results go
     sweep:    SweepSection fields (optional)                  `swarmkern sweep`: S searches in lockstep
+    select:   SelectSection fields (optional)                 how the export is chosen (held-out split, guard)
 
 Relative paths are relative to the YAML file. Unknown or ill-typed fields raise ConfigError with a
 one-line message naming the file and the field. `overrides` ("swarm.max_iters=5") replace fields
@@ -60,6 +61,30 @@ class SweepSection(SweepSpace):
         return self
 
 
+class SelectSection(BaseModel):
+    """How the exported expert is chosen (swarm/selection.py, docs/STATISTICS.md): on a `split` held out
+    from dev (seeded; the search runs on the rest) among the global best, the top-k personal bests,
+    their average and the best starting expert, or on `dev` as in the paper (the global best). `select:
+    dev` / `select: split` is short for `select: {mode: ...}`."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["auto", "split", "dev"] = Field("auto", description=(
+        "auto: split when the utility reads its dev examples from a JSONL file, else dev; split: hold out a "
+        "part of dev and choose the export on it; dev: the paper's rule (the global best on dev)."))
+    fraction: float = Field(0.3, gt=0, lt=1, description="split: the fraction of dev held out.")
+    size: int | None = Field(None, ge=1, description="split: the number of dev examples held out (overrides fraction).")
+    seed: int = Field(0, ge=0, lt=2 ** 64, description="split: key of the draw that picks the held-out examples.")
+    top_k: int = Field(3, ge=1, description="Personal bests among the candidates (and averaged into pbest_soup).")
+    guard: bool = Field(True, description=(
+        "Export the best starting expert unless a candidate beats it on the held-out split (search and "
+        "sweep winner); false: export the best candidate even when it is worse."))
+    resamples: int = Field(2000, ge=100, description="Bootstrap resamples of every paired interval.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"mode": data} if isinstance(data, str) else data
+
+
 class RunConfig(BaseModel):
     """A whole search: experts, swarm hyperparameters, utility, output (and, for `swarmkern sweep`, sweep)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,6 +93,7 @@ class RunConfig(BaseModel):
     utility: dict[str, Any]
     output: OutputSection
     sweep: SweepSection | None = Field(None, description="The configurations of `swarmkern sweep` (ignored by search).")
+    select: SelectSection = Field(default_factory=SelectSection, description="How the export is chosen.")
 
     @field_validator("utility")
     @classmethod

@@ -45,20 +45,56 @@ def run_search(config: RunConfig, *, collective=None):
     Returns the SwarmResult."""
     from swarmkern.flat import load_experts
     from swarmkern.swarm import Swarm
-    from swarmkern.utilities import build_utility
 
     pool = load_experts(config.expert_sources(), names=config.experts.names)
-    built = build_utility(config.utility, pool)
     out = Path(config.output.dir)
+    rank0 = collective is None or collective.rank == 0
+    plan = _search_plan(config, out, resume=False, rank0=rank0)
+    built, select = _built_utilities(plan, pool)
     swarm = Swarm(config.swarm, pool, built.dev, test_utility=built.test, output_dir=out,
                   collective=collective, overwrite=config.output.overwrite)
     if swarm.collective.rank == 0:
         save_run_config(config, out)
     result = swarm.run()
     if swarm.collective.rank == 0:
+        _choose_export(swarm, result, plan, select)
         built.finalize(out)
         record_run(out, getattr(result, "summary", None))
     return result
+
+
+def _search_plan(config: RunConfig, out: Path, *, resume: bool, rank0: bool):
+    """The select split of a search (swarm/selection.py), carved once the output dir may be used."""
+    from swarmkern.swarm.checkpoint import has_checkpoint
+    from swarmkern.swarm.selection import prepare_search
+    from swarmkern.utilities.holdout import SelectSplitError
+
+    if not resume and rank0 and has_checkpoint(out) and not config.output.overwrite:
+        raise FileExistsError(f"{out}: already holds a run; resume it (swarmkern resume DIR / Swarm.resume) "
+                              "or start afresh (--overwrite / overwrite=True)")
+    try:
+        return prepare_search(config, out, resume=resume, write=rank0)
+    except SelectSplitError as err:
+        raise ConfigError(f"select: {err}") from None
+
+
+def _built_utilities(plan, pool):
+    from swarmkern.utilities import build_utility
+
+    built = build_utility(plan.search_spec, pool)
+    select = build_utility(plan.select_spec, pool).dev if plan.select_spec is not None else None
+    return built, select
+
+
+def _choose_export(swarm, result, plan, select) -> None:
+    """The candidates, the guard and the intervals (swarm/selection.py) into the result's summary."""
+    from swarmkern.swarm.selection import finish_search
+
+    added = finish_search(swarm, plan, select, swarm.config.seed)
+    added.pop("_row")
+    result.summary.update(added)
+    if "best_path" in added:
+        result.best_path = Path(added["best_path"])
 
 
 def resume_search(output_dir: str | Path, *, collective=None):
@@ -66,7 +102,6 @@ def resume_search(output_dir: str | Path, *, collective=None):
     from swarmkern.flat import ExpertPool, load_experts
     from swarmkern.swarm import Swarm
     from swarmkern.swarm.search import EXPERTS_JSON
-    from swarmkern.utilities import build_utility
 
     output_dir = Path(output_dir)
     cfg_path = output_dir / RUN_CONFIG_NAME
@@ -77,10 +112,13 @@ def resume_search(output_dir: str | Path, *, collective=None):
         pool = load_experts(config.expert_sources(), names=config.experts.names)
     except (OSError, ValueError):  # experts moved: their description is enough to export
         pool = ExpertPool.reload(json.loads((output_dir / EXPERTS_JSON).read_text()))
-    built = build_utility(config.utility, pool)
+    rank0 = collective is None or collective.rank == 0
+    plan = _search_plan(config, output_dir, resume=True, rank0=rank0)
+    built, select = _built_utilities(plan, pool)
     swarm = Swarm.resume(output_dir, built.dev, built.test, collective=collective, pool=pool)
     result = swarm.run()
     if swarm.collective.rank == 0:
+        _choose_export(swarm, result, plan, select)
         built.finalize(output_dir)
         record_run(output_dir, getattr(result, "summary", None))
     return result
@@ -131,6 +169,7 @@ def run_sweep(config: RunConfig, *, collective=None, resume: bool = False):
             save_run_config(config, out)
             if info is not None:
                 atomic_write_json(out / SELECT_DIR / "split.json", info, indent=1)
+    sweep.guard, sweep.resamples = config.select.guard, config.select.resamples
     result = sweep.run()
     if rank0:
         built.finalize(out)

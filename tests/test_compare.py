@@ -74,8 +74,22 @@ def test_compare_end_to_end_through_the_cli(tmp_path):
     assert 0 < data["dare_ties"]["info"]["delta_energy_kept"] <= 1
     # the best single expert's dev is the max of the experts' own utilities
     assert data["best_single"]["dev"] == max(data["best_single"]["info"]["expert_dev"].values())
+    # every method against the best expert (chosen on dev) with its paired interval; the ensemble says why not
+    ref = max(data["best_single"]["info"]["expert_dev"], key=data["best_single"]["info"]["expert_dev"].get)
+    for name, r in data.items():
+        vs = r["vs_best_expert"]
+        assert vs["reference"] == ref and set(vs) == {"reference", "dev", "test"}, name
+        if name == "ensemble":
+            assert "unavailable" in vs["test"]
+        else:
+            assert vs["test"]["ci_low"] <= vs["test"]["difference"] <= vs["test"]["ci_high"], name
+            assert vs["test"]["difference"] == pytest.approx(r["test"] - vs["test"]["reference"]), name
+    assert data["best_single"]["vs_best_expert"]["test"]["difference"] == 0.0
+    assert data["swarm"]["info"]["selected_on"] == "select"  # the tiny dev file is split, as search does
+    assert "swarm: test: " in result.output  # the verdict line
     # table printed and written, plot written, merged experts exported (and re-scoring one gives its dev)
     table = (out / "compare.md").read_text()
+    assert f"vs best expert ({ref}, test)" in table and "p = " in table
     assert "| swarm |" in table and "| ties |" in table and "| swarm |" in result.output
     assert (out / "compare.png").stat().st_size > 1000
     from swarmkern.flat import load_experts
@@ -145,7 +159,7 @@ def test_bad_compare_sections_are_one_line_errors(tmp_path, compare, message):
 def test_format_table_marks_missing_values():
     table = format_table({"a": {"dev": 0.5, "test": None, "evaluations": 3, "seconds": 1.0, "info": {"scaling": 0.5}},
                           "b": {"dev": None, "test": None, "evaluations": 0, "seconds": 0.0, "error": "boom"}})
-    assert "| a | 0.5000 | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | 0 | 0.0 | boom |" in table
+    assert "| a | 0.5000 | — | — | 3 | 1.0 | scaling=0.5 |" in table and "| b | — | — | — | 0 | 0.0 | boom |" in table
 
 
 @pytest.mark.parametrize("rslora", [False, True])

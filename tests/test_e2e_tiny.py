@@ -38,11 +38,14 @@ def test_search_end_to_end_through_the_cli(tmp_path):
     front = json.loads((tmp_path / "run" / "pareto_front.json").read_text())
     assert front["tasks"] == ["mc", "qa"] and front["evaluated"] >= 5
 
-    # the exported best adapter scores its reported dev utility when loaded on its own
+    # the exported adapter (chosen on the held-out select split, each task split on its own) scores its
+    # reported test utility when loaded on its own
     from swarmkern.flat import load_experts
     from swarmkern.utilities import build_utility
 
+    assert summary["export"]["selected_on"] == "select" and set(summary["export"]["split"]) >= {"select_examples"}
     best = summary["best_path"]
     pool = load_experts([best])
-    rescored = build_utility(config["utility"], pool).dev(pool.weights)
-    assert float(rescored[0]) == pytest.approx(summary["best_dev_utility"])
+    rescored = build_utility(config["utility"], pool).test(pool.weights)
+    chosen = next(c for c in summary["export"]["candidates"] if c["name"] == summary["export"]["chosen"])
+    assert float(rescored[0]) == pytest.approx(summary["test_utility"]) == pytest.approx(chosen["test"])

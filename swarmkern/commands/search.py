@@ -17,10 +17,17 @@ def _report(result) -> None:
              f"best particle {s['best_particle_index']} started as {origin['kind']} {origin['name']}"]
     if "test_utility" in s:
         lines.append(f"test utility {s['test_utility']}")
+    export = s.get("export") or {}
+    if export.get("chosen"):
+        lines.append(f"exported: {export['chosen']} (chosen on {export['selected_on']})")
+    if export.get("message"):
+        lines.append(export["message"])
     if s["nonfinite_utilities"]:
         lines.append(f"{s['nonfinite_utilities']} non-finite utilities were counted as the worst possible")
     if result.output_dir is not None:
         lines.append(f"outputs in {result.output_dir} (best: {s.get('best_path')})")
+    if s.get("verdict"):
+        lines.append(s["verdict"])  # last: the one line a user acts on
     for line in lines:
         click.echo(line)
 

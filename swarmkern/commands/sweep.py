@@ -22,6 +22,11 @@ def _report(result) -> None:
     if w["test"] is not None:
         line += f", test {w['test']}"
     click.echo(line)
+    export = s.get("export") or {}
+    if export.get("message"):
+        click.echo(export["message"])
+    if s.get("verdict"):
+        click.echo(s["verdict"])
     if result.output_dir is not None:
         click.echo(f"outputs in {result.output_dir}: sweep.json, sweep.md, sweep.png, runs/NNN/ "
                    f"(best: {result.best_path})")

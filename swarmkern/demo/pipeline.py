@@ -125,15 +125,29 @@ def inference_cost(name: str, result: dict[str, Any]) -> str:
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """The demo's Markdown table: run_compare's numbers (as %) plus each answer's inference cost."""
-    lines = ["| method | dev acc % | test acc % | inference cost | dev evaluations | notes |",
-             "| --- | ---: | ---: | --- | ---: | --- |"]
+    from swarmkern.compare import compare_verdict, vs_cell
+
+    ref = next((r["vs_best_expert"]["reference"] for r in results.values() if r.get("vs_best_expert")), None)
+    lines = [f"| method | dev acc % | test acc % | test vs best expert ({ref or '-'}), points | inference cost | "
+             "dev evaluations | notes |", "| --- | ---: | ---: | --- | --- | ---: | --- |"]
     for name, r in results.items():
         info = r.get("info") or {}
         note = r.get("error") or "; ".join(f"{k}={info[k]}" for k in ("expert", "scaling", "experts", "iterations",
-                                                                      "best_particle_origin") if k in info)
-        lines.append(f"| {name} | {_pct(r['dev'])} | {_pct(r['test'])} | {inference_cost(name, r)} | "
+                                                                      "best_particle_origin", "exported", "guard")
+                                           if k in info)
+        lines.append(f"| {name} | {_pct(r['dev'])} | {_pct(r['test'])} | {vs_cell(r)} | {inference_cost(name, r)} | "
                      f"{r['evaluations']} | {str(note).replace('|', '/')} |")
-    return "\n".join(lines)
+    if ref:
+        lines += ["", f"Test difference from {ref} (the best expert on dev) with its 95% paired bootstrap interval and "
+                      "exact McNemar p-value" + _swarm_choice(results) + ".",
+                  "", f"Verdict, swarm: {compare_verdict(results['swarm'], ref)}" if "swarm" in results else ""]
+    return "\n".join(lines).rstrip()
+
+
+def _swarm_choice(results: dict[str, dict[str, Any]]) -> str:
+    on = ((results.get("swarm") or {}).get("info") or {}).get("selected_on")
+    return {"select": "; the swarm's export was chosen on a split held out from dev",
+            "dev": "; the swarm's export was chosen on dev"}.get(on, "")
 
 
 # -- the run ------------------------------------------------------------------------------------

@@ -199,8 +199,12 @@ class Sweep:
     configs: the S SwarmConfigs (their `batch_size` is ignored: `batch_size` here caps every shared
     utility call; their `progress` is off, the sweep shows one bar). utility scores the searches;
     test_utility (optional) scores each final best and the starting experts for the report;
-    select_utility (optional) picks the winner instead of dev.
+    select_utility (optional) picks the winner instead of dev. `guard` (default on): export the best
+    starting expert when the winner does not beat it on the select split (or dev); `resamples`: of the
+    paired intervals against that expert (swarm/selection.py).
     """
+    guard: bool = True
+    resamples: int = 2000
 
     def __init__(self, configs: Sequence[SwarmConfig], init: ExpertPool | torch.Tensor | Sequence[Any],
                  utility: Utility, *, test_utility: Utility | None = None, select_utility: Utility | None = None,
@@ -418,6 +422,9 @@ class Sweep:
         from .sweep_report import sweep_entries, write_sweep_outputs
 
         entries = sweep_entries(self.configs, results, self.seconds, self._run_dir)
+        from .selection import finish_sweep  # intervals against the best expert, the guard (docs/STATISTICS.md)
+
+        chosen, expert_row = finish_sweep(self, results, entries, winner, self.configs[0].seed)
         summary = {
             "winner": winner, "selected_on": "select" if select is not None else "dev",
             "n_configurations": len(self.configs), "varied_fields": varied_fields(self.configs),
@@ -433,14 +440,20 @@ class Sweep:
             "configurations": entries,
             # how often a configuration's winner started outside the top half of its swarm
             "weak_to_strong": weak_to_strong_rate(r.summary for r in results),
+            **chosen,
         }
         best_path = None
         if rank0 and self.output_dir is not None:
             name = "best" if self.pool.kind == "peft" else "best.safetensors"
-            best_path = self.swarms[winner].export_best(self.output_dir / name)
+            if expert_row is None:
+                best_path = self.swarms[winner].export_best(self.output_dir / name)
+            else:  # the guard fired: the best starting expert, not a worse configuration
+                from swarmkern.flat import save_expert
+                best_path = save_expert(self.pool, expert_row, self.output_dir / name,
+                                        metadata={"swarmkern_export": chosen["export"]["chosen"]})
             winner_summary = {**results[winner].summary, "best_path": str(best_path),
                               "sweep": {"winner": winner, "selected_on": summary["selected_on"],
-                                        "run_dir": entries[winner]["run_dir"]}}
+                                        "run_dir": entries[winner]["run_dir"]}, **chosen}
             outputs.write_summary(self.output_dir, winner_summary)
             write_sweep_outputs(self.output_dir, summary)
         return SweepResult(entries=entries, winner=winner, selected_on=summary["selected_on"], results=results,

@@ -53,7 +53,10 @@ def _fmt(x: Any) -> str:
 def sweep_table(summary: dict[str, Any]) -> str:
     """The sweep as a markdown table (the winner marked with *)."""
     entries, fields = summary["configurations"], summary["varied_fields"]
-    head = ["#", *fields, "dev", "select", "test", "iterations", "evaluations", "seconds"]
+    vs_splits = [s for s in ("select", "test") if any(s in (e.get("vs_best_expert") or {}) for e in entries)]
+    ref = next((e["vs_best_expert"]["reference"] for e in entries if e.get("vs_best_expert")), "best expert")
+    head = ["#", *fields, "dev", "select", "test", *(f"{s} vs {ref}" for s in vs_splits),
+            "iterations", "evaluations", "seconds"]
     lines = [f"Sweep of {summary['n_configurations']} configurations; winner: #{summary['winner']} "
              f"(chosen on {summary['selected_on']}); {summary['evaluations']} evaluations "
              f"({summary.get('rows_scored', summary['evaluations'])} distinct rows scored) in "
@@ -62,14 +65,29 @@ def sweep_table(summary: dict[str, Any]) -> str:
     for e in entries:
         mark = "*" if e["index"] == summary["winner"] else ""
         cells = [f"{e['index']}{mark}", *(_fmt(e["fields"][k]) for k in fields), _fmt(e["best_dev"]),
-                 _fmt(e["select"]), _fmt(e["test"]), str(e["iterations"]), str(e["evaluations"]),
+                 _fmt(e["select"]), _fmt(e["test"]), *(_vs(e, s) for s in vs_splits),
+                 str(e["iterations"]), str(e["evaluations"]),
                  f"{e['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if summary.get("initial_test_utilities"):
         lines += ["", "Starting experts (dev / test): " + ", ".join(
             f"{k} {_fmt(summary['initial_dev_utilities'].get(k))} / {_fmt(v)}"
             for k, v in summary["initial_test_utilities"].items())]
+    export = summary.get("export") or {}
+    if export.get("message"):
+        lines += ["", f"Guard: {export['message']}."]
+    if summary.get("verdict"):
+        lines += ["", f"Verdict ({export.get('chosen', 'winner')} against the best starting expert, chosen on dev): "
+                      f"{summary['verdict']}."]
     return "\n".join(lines) + "\n"
+
+
+def _vs(entry: dict[str, Any], split: str) -> str:
+    """The paired comparison cell: "+2.3 [-1.4, +5.8], p = 0.23", or why there is none."""
+    block = (entry.get("vs_best_expert") or {}).get(split)
+    if not block:
+        return "-"
+    return block.get("text") or f"n/a ({block.get('unavailable', 'no per-example scores')})"
 
 
 def plot_sweep(summary: dict[str, Any]) -> bytes:
