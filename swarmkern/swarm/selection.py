@@ -232,7 +232,9 @@ def finish_search(swarm: "Swarm", plan: SearchPlan, select_utility: Any | None, 
     the global best, and update summary.json. Returns the keys added to the summary (and, not for JSON,
     the exported row under "_row"). Rank 0 only."""
     sec = plan.section
-    names, rows = candidate_rows(swarm, sec.top_k)
+    # with select: dev the paper's rule needs only the global best and the expert (and so the summary is
+    # the same on any number of processes)
+    names, rows = candidate_rows(swarm, sec.top_k if select_utility is not None else 1)
     expert = best_expert(swarm)[1]
     if names[-1] != expert:  # its weights are gone: nothing to compare with, nothing to guard
         reason = stats.unavailable(f"{expert}'s weights are not available (experts moved since the run started)")
