@@ -149,7 +149,7 @@ def _read_dataset(src: DataSource, where: str) -> tuple[list[dict[str, Any]], st
     """(rows, commit of the Hub snapshot or None for a local dataset)."""
     import datasets
 
-    from swarmkern.hub import HubRef, hub_cache_dir, parse_hub_id, record_resolved
+    from swarmkern.hub import cached_snapshot, hub_cache_dir, parse_hub_id, record_resolved
 
     local = Path(src.dataset).expanduser()
     if local.exists():
@@ -160,17 +160,15 @@ def _read_dataset(src: DataSource, where: str) -> tuple[list[dict[str, Any]], st
                     raise DataError(f"{where}: {local} has no split {src.split!r}; it has {', '.join(loaded)}")
                 loaded = loaded[src.split]
             return loaded.to_list(), None
-        return _load(datasets, str(local), src, where, None).to_list(), None
+        return _load(str(local), src, where).to_list(), None
     ref = parse_hub_id(src.dataset)
     if ref is None:
         raise DataError(f"{where}: dataset {src.dataset!r} is neither a local directory nor a Hub id (org/name)")
     cache = hub_cache_dir()
-    from swarmkern.hub import cached_snapshot
-
     snapshot = cached_snapshot(ref, "dataset")
     if snapshot is not None:  # the Hub cache holds this revision: read its files (works offline)
         try:
-            rows = _load(datasets, str(snapshot), src, where, None).to_list()
+            rows = _load(str(snapshot), src, where).to_list()
             record_resolved(ref, "dataset", snapshot.name, where, "cache")
             return rows, snapshot.name
         except DataError:
@@ -181,16 +179,19 @@ def _read_dataset(src: DataSource, where: str) -> tuple[list[dict[str, Any]], st
         ds = datasets.load_dataset(ref.repo_id, src.config, split=src.split, revision=ref.revision)
     except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
         raise _datasets_error(src, where, err, cache) from None
-    snapshot = cached_snapshot(HubRef(ref.repo_id, ref.revision), "dataset")
+    snapshot = cached_snapshot(ref, "dataset")  # where datasets' download put the repository's files
     commit = snapshot.name if snapshot is not None else None
     if commit:
         record_resolved(ref, "dataset", commit, where, "download")
     return ds.to_list(), commit
 
 
-def _load(datasets, path: str, src: DataSource, where: str, revision):
+def _load(path: str, src: DataSource, where: str):
+    """A split of the dataset in a local directory (data files, or a Hub snapshot with its README)."""
+    import datasets
+
     try:
-        return datasets.load_dataset(path, src.config, split=src.split, revision=revision)
+        return datasets.load_dataset(path, src.config, split=src.split)
     except ValueError as err:  # an unknown split or config
         raise DataError(f"{where}: {src.describe()}: {str(err).splitlines()[0]}") from None
 

@@ -8,6 +8,7 @@ get a README.md model card (card.py) built from the run's own files (rundir.py).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,11 +26,9 @@ def _dev_prompts(run: RunInfo, n: int = 2) -> list[str]:
     source = utility.get("dev")
     if source is None:
         return []
+    from swarmkern.datasources import materialize
+
     try:
-        from swarmkern.datasources import materialize
-
-        import json
-
         lines = materialize(source, "utility.dev").read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
         return []
