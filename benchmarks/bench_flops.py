@@ -266,8 +266,8 @@ def main() -> None:
                 pool = load_experts(adapters)
                 shape = layer_macs(model, first, n_layers, adapted, 8)
                 built = {}
+                clear_evaluators()  # a fresh evaluator per layout, shared by both utilities as in a user's process
                 for util in args.utilities.split(","):
-                    clear_evaluators()
                     spec = ({"type": "multiple_choice", "model": str(model_dir), "dev": str(data), "template": prompt,
                              "scoring": "loglik"} if util == "multiple_choice" else
                             {"type": "lm_eval", "task": "quiz_mc", "include_path": str(tasks), "model": str(model_dir)})
