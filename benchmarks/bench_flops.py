@@ -27,8 +27,9 @@ Per utility call it reports:
 - **lm-eval HFLM**: lm-eval's own HFLM with PEFT (`peft=` one adapter, `batch_size=--hflm-batch`) plus
   `simple_evaluate` on the same lm-eval task, seconds per particle (model load excluded) and its
   GFLOP/s from the forward passes it ran (its padded batch shapes, every layer, the LM head at every
-  position); speedup = HFLM seconds per particle / ours per particle. Its accuracy is asserted equal to
-  both utilities' for that particle in fp32.
+  position); speedup = HFLM seconds per particle / ours per particle. Its accuracy is compared with
+  both utilities' for that particle (a column: equal, or both values), and every timed call's result with
+  the recorded call's.
 
 Seconds are the process's CPU seconds with --threads threads (default 1: the machine may be shared, and a
 thread that is descheduled inflates wall time, not CPU time); wall seconds are printed as well. The
@@ -266,8 +267,8 @@ def main() -> None:
                 pool = load_experts(adapters)
                 shape = layer_macs(model, first, n_layers, adapted, 8)
                 built = {}
+                clear_evaluators()  # a fresh evaluator per layout, shared by both utilities as in a user's process
                 for util in args.utilities.split(","):
-                    clear_evaluators()
                     spec = ({"type": "multiple_choice", "model": str(model_dir), "dev": str(data), "template": prompt,
                              "scoring": "loglik"} if util == "multiple_choice" else
                             {"type": "lm_eval", "task": "quiz_mc", "include_path": str(tasks), "model": str(model_dir)})
