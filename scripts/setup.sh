@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 TORCH_PIN="torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')"
 pip install -q "$TORCH_PIN" ninja nevergrad cma \
-  "transformers>=4.45" "peft>=0.13" "safetensors>=0.4" pyyaml "pydantic>=2" "click>=8" tqdm matplotlib numpy
+  "transformers>=4.45" "peft>=0.13" "safetensors>=0.4" pyyaml "pydantic>=2" "click>=8" tqdm matplotlib numpy "xxhash>=3"
 # --dev: the test tools, Triton (tested under its interpreter) and lm-evaluation-harness (the lm_eval
 # utility's optional extra, pip install 'swarmkern[lm-eval]'; pinned: the utility follows its task API and
 # tokenisation rules; ~20 s, ~45 packages incl. datasets and pyarrow).
