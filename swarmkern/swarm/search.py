@@ -308,7 +308,12 @@ class Swarm:
         self._snapshot_started = time.perf_counter()
         records, ends = journal.read_with_ends(output_dir / ckpt.CHECKPOINT_DIR)
         keep = ends[-1] if ends else 0
-        saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) if self._caches else None
+        # every rank decides alike (rank 0's file, the same world size): some re-evaluating while others
+        # replay would never meet again
+        saved_caches = None
+        if self._caches and int(found[1][0].get("world_size", 1)) == collective.world_size \
+                and ckpt.load_caches(output_dir, book.iteration, 0, exists_only=True):
+            saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) or {}
         if saved_caches is not None:
             # the caches as they were at the snapshot: the iterations after it are evaluated again (in the
             # batches the uninterrupted run used, against the same cache entries), not replayed
