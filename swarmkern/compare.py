@@ -170,7 +170,7 @@ def _vs_best_expert(results: dict[str, dict[str, Any]], rows: dict[str, torch.Te
     return reference
 
 
-def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
+def run_compare(cfg: CompareConfig, *, echo=print, print_table: bool = True) -> dict[str, dict[str, Any]]:
     """Run the swarm and every baseline; write compare.json / .md / .png to output.dir; return the
     results {method: {"dev", "test", "evaluations", "seconds", "info" | "error"}}."""
     from swarmkern.flat import load_experts, save_expert
@@ -240,7 +240,8 @@ def run_compare(cfg: CompareConfig, *, echo=print) -> dict[str, dict[str, Any]]:
         for name, row in rows.items():
             save_expert(pool, row, out / "merged" / name)
     built.finalize(out)
-    echo(table)
+    if print_table:  # the demo prints its own version of it
+        echo(table)
     if "swarm" in results:
         echo(f"swarm: {compare_verdict(results['swarm'], reference)}")
     return results

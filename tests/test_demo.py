@@ -139,6 +139,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "| swarm |" in res.output and "| best_single |" in res.output and "| ensemble |" in res.output
+    assert res.output.count("| swarm |") == 1  # the comparison is printed once (the demo's table, not compare's too)
     assert "k=3 forward passes per question" in res.output
     report = json.loads((out / "demo.json").read_text())
     demo = report["results"]

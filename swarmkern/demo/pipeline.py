@@ -189,7 +189,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
          f"held-out phrasings); running `swarmkern compare {compare_yaml}` ...")
 
     t = time.perf_counter()
-    results = run_compare(load_compare_config(compare_yaml, progress=cfg.progress), echo=echo)
+    results = run_compare(load_compare_config(compare_yaml, progress=cfg.progress), echo=echo,
+                          print_table=False)  # the demo prints its own table once, with inference costs
     seconds["compare"] = time.perf_counter() - t
     for name, r in results.items():
         seconds[name] = r["seconds"]

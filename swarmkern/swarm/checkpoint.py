@@ -34,11 +34,12 @@ CHECKPOINT_DIR = "checkpoint"
 CACHES_SUFFIX = ".caches.pt"  # the utility caches of a shard (torch.save; read back only by this package)
 
 
-def load_caches(output_dir: Path, iteration: int, rank: int = 0) -> dict[str, Any] | None:
-    """The utility caches saved with shard (iteration, rank), or None when it has none."""
+def load_caches(output_dir: Path, iteration: int, rank: int = 0, *, exists_only: bool = False) -> Any:
+    """The utility caches saved with shard (iteration, rank), or None when it has none (exists_only:
+    whether it has them)."""
     path = Path(output_dir) / CHECKPOINT_DIR / f"ckpt-{iteration:07d}-rank{rank}{CACHES_SUFFIX}"
-    if not path.is_file():
-        return None
+    if exists_only or not path.is_file():
+        return path.is_file() if exists_only else None
     return torch.load(path, weights_only=False)  # predictions are dataclasses: written by save_checkpoint
 
 

@@ -12,7 +12,11 @@
 Checkpoints: every iteration appends a journal record (the utilities it received, a few hundred bytes,
 fsync'ed; journal.py) and now and then a snapshot of the buffers is written (checkpoint.py). Resume
 loads the latest snapshot and replays the journaled iterations after it (kernel steps and bookkeeping,
-no evaluations): the search is a pure function of its seed, its experts and the utilities it got.
+no evaluations): the search is a pure function of its seed, its experts and the utilities it got. A
+utility that keeps caches between calls (a model utility's prediction memo and lower-layer cache,
+utilities/caches.py) serves values computed in earlier batches, which may differ in the last bits from
+a recomputation; its caches are saved with each snapshot, and resume restores them and re-evaluates the
+iterations after the snapshot instead of replaying them, so that it too ends bit-identical.
 
 A utility is any callable f(particles [B, D]) -> B floats (higher is better). The search passes row
 views of its own x buffer (a gathered copy only when some particles are skipped) and as many
@@ -304,7 +308,12 @@ class Swarm:
         self._snapshot_started = time.perf_counter()
         records, ends = journal.read_with_ends(output_dir / ckpt.CHECKPOINT_DIR)
         keep = ends[-1] if ends else 0
-        saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) if self._caches else None
+        # every rank decides alike (rank 0's file, the same world size): some re-evaluating while others
+        # replay would never meet again
+        saved_caches = None
+        if self._caches and int(found[1][0].get("world_size", 1)) == collective.world_size \
+                and ckpt.load_caches(output_dir, book.iteration, 0, exists_only=True):
+            saved_caches = ckpt.load_caches(output_dir, book.iteration, collective.rank) or {}
         if saved_caches is not None:
             # the caches as they were at the snapshot: the iterations after it are evaluated again (in the
             # batches the uninterrupted run used, against the same cache entries), not replayed

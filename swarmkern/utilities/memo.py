@@ -14,11 +14,11 @@ of rows (least recently used evicted first); `memo_rows: 0` in a utility's confi
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Callable
 
 import torch
+import xxhash
 
 from .protocol import Predictions
 
@@ -28,9 +28,11 @@ DEFAULT_MEMO_ROWS = 256  # a multiple-choice row of 500 four-choice questions is
 
 
 def row_digest(row: torch.Tensor) -> bytes:
-    """A digest of one particle's weights: dtype, length and bytes."""
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{row.dtype}:{row.numel()}".encode())
+    """A digest of one particle's weights: dtype, length and bytes. XXH3-128 (not a cryptographic hash:
+    nobody chooses the particles to collide, and an accidental collision has odds of 2^-128) runs at
+    memory speed: on a full-weight 135M fp32 particle it is 0.2% of one evaluation where blake2b was 3%
+    (benchmarks/results/memo_digest_cpu.md)."""
+    h = xxhash.xxh3_128(f"{row.dtype}:{row.numel()}:".encode())
     h.update(row.detach().contiguous().cpu().view(torch.uint8).numpy().data)
     return h.digest()
 
