@@ -2,6 +2,8 @@
 (and `pool`), which takes precedence over these."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 
@@ -19,3 +21,21 @@ def pool(setup):
     from swarmkern.flat import load_experts
 
     return load_experts(setup.expert_dirs)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """A fresh HF_HOME, offline, and no socket may connect: a test that reaches for the network fails
+    at once instead of hanging. Hub ids resolved by an earlier test are forgotten before and after."""
+    from swarmkern.hub import clear_resolved
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a test tried to reach the network")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    clear_resolved()
+    yield
+    clear_resolved()

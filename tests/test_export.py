@@ -3,7 +3,6 @@ model's, complete adapters naming the real base model, and model cards the Hub's
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -18,15 +17,7 @@ from swarmkern.testing import write_full_weight_experts, write_hub_snapshot
 PROMPTS = ["What is 3+4?", "Question: What is 16+5?\nAnswer: 21", "hello"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("a test tried to reach the network")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 def _run(root, experts, model_dir, data, **utility):
@@ -190,7 +181,14 @@ def test_model_card_metadata_and_results(lora_run, tmp_path):
     summary = json.loads((lora_run / "summary.json").read_text())
     assert "## Experts it came from" in card.text and "expert_0" in card.text
     assert f"{summary['best_dev_utility']:.4f}" in card.text and "## How it was made" in card.text
-    assert "No paired interval" in card.text  # this run's summary has no vs_best_expert block
+    vs = summary["vs_best_expert"]  # the run's own paired comparisons appear as the summary has them
+    rows = {"dev": "| dev (searched on) |", "select": "| held-out (select) |", "test": "| test |"}
+    shown = [split for split in rows if "difference" in vs.get(split, {})]
+    assert shown and vs["reference"] in card.text
+    for split in shown:
+        line = next(x for x in card.text.splitlines() if x.startswith(rows[split]))
+        assert f"{vs[split]['difference']:+.4f}" in line and vs[split]["verdict"] in line
+    assert "No paired interval" not in card.text
 
 
 def _comparison(cand, ref, lo, hi, p, verdict):

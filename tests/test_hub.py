@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import pytest
 import yaml
 
-from swarmkern.hub import HubError, clear_resolved, parse_hub_id, resolve_local, resolved_ids
+from swarmkern.hub import HubError, parse_hub_id, resolve_local, resolved_ids
 from swarmkern.testing import write_hub_snapshot
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """A fresh HF_HOME, offline, and no socket may connect: a test that reaches for the network fails
-    at once instead of hanging."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("a test tried to reach the network")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    clear_resolved()
-    yield
-    clear_resolved()
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture
