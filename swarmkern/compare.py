@@ -240,10 +240,10 @@ def run_compare(cfg: CompareConfig, *, echo=print, print_table: bool = True) -> 
         for name, row in rows.items():
             save_expert(pool, row, out / "merged" / name)
     built.finalize(out)
-    if print_table:  # the demo prints its own version of it
+    if print_table:  # the demo prints its own version of both
         echo(table)
-    if "swarm" in results:
-        echo(f"swarm: {compare_verdict(results['swarm'], reference)}")
+        if "swarm" in results:
+            echo(f"swarm: {compare_verdict(results['swarm'], reference)}")
     return results
 
 
