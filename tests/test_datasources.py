@@ -132,7 +132,10 @@ def test_utility_select_split_and_ids_from_a_parquet_source(tmp_path, rows, setu
     parquet = _parquet(tmp_path / "quiz.parquet", rows)
     base = {"type": "multiple_choice", "model": str(setup.model_dir), "device": "cpu", "dtype": "float32"}
     built_ref = build_utility({**base, "dev": str(reference)}, pool)
-    built = build_utility({**base, "dev": {"path": str(parquet)}, "test": str(parquet)}, pool)
+    built = build_utility({**base, "dev": {"path": str(parquet)}, "test": str(parquet),
+                           "allow_same_dev_and_test": True}, pool)  # a source-format test, not a held-out score
+    with pytest.raises(ValueError, match="holds the same data as dev"):  # a DataSource is checked like a path
+        build_utility({**base, "dev": {"path": str(parquet)}, "test": str(parquet)}, pool)
     particles = pool.weights.float()
     assert torch.equal(built.dev(particles), built_ref.dev(particles))
     assert built.dev.example_ids == [r["id"] for r in rows] == built_ref.dev.example_ids

@@ -57,8 +57,9 @@ class ModelUtility(UtilityConfig):
 
     @model_validator(mode="after")
     def _dev_is_not_test(self) -> "ModelUtility":
-        if self.test is not None and not self.allow_same_dev_and_test and same_data(self.dev, self.test):
-            raise ValueError(f"test: {self.test} holds the same data as dev ({self.dev}), so the test score would "
+        if self.test is not None and not self.allow_same_dev_and_test and same_source(self.dev, self.test):
+            raise ValueError(f"test: {_describe(self.test)} holds the same data as dev ({_describe(self.dev)}), so "
+                             "the test score would "
                              "not be held out; give another test file, or set allow_same_dev_and_test: true")
         return self
 
@@ -139,6 +140,26 @@ def jsonl_example_ids(path: str | Path, examples: Sequence[Any]) -> list[str]:
     with open(path, encoding="utf-8") as fh:
         lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
     return [str((getattr(ex, "model_extra", None) or {}).get("id", n)) for ex, n in zip(examples, lines)]
+
+
+def _describe(source: Any) -> str:
+    return source.describe() if hasattr(source, "describe") else str(source)
+
+
+def same_source(a: Any, b: Any) -> bool:
+    """Whether two data sources (a file path, or a DataSource: a file or a dataset split) hold the same
+    examples: files by `same_data`, datasets by their id, configuration and split. A file and a dataset
+    are taken as different (telling would mean reading the dataset at config time)."""
+    def key(src: Any) -> tuple[str, Any]:
+        if isinstance(src, (str, Path)):
+            return "file", src
+        if getattr(src, "path", None) is not None:
+            return "file", src.path
+        return "dataset", (src.dataset, src.config, src.split)
+    (ka, va), (kb, vb) = key(a), key(b)
+    if ka != kb:
+        return False
+    return same_data(va, vb) if ka == "file" else va == vb
 
 
 def same_data(a: str | Path, b: str | Path) -> bool:
