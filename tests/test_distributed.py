@@ -127,6 +127,7 @@ def _run_record(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     for key in ("wall_seconds", "best_path"):
         summary.pop(key)
+    summary.pop("command", None)  # how the run was started (one process vs torchrun) is recorded as given
     with safe_open(str(out / "best.safetensors"), "pt") as f:
         best = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     tensors, state = load_sharded(out, LocalCollective())
