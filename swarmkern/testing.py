@@ -127,6 +127,20 @@ def write_full_weight_experts(model_dir: str | os.PathLike, out_dir: str | os.Pa
     return paths
 
 
+def run_record(out: str | os.PathLike) -> tuple[list[dict], dict]:
+    """(history lines, summary) of a finished run without what legitimately differs between two runs of
+    the same search (timings, wall time, the export's path, the command that started it): what a test
+    of exact resume or sharding compares."""
+    out = Path(out)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for h in history:
+        h.pop("timings", None)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("wall_seconds", "best_path", "command"):
+        summary.pop(key, None)
+    return history, summary
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from swarmkern.testing import run_record
+
 from swarmkern.objectives import neg_rastrigin
 from swarmkern.swarm import LocalCollective, Swarm, SwarmConfig, has_checkpoint, load_checkpoint
 from swarmkern.swarm import checkpoint as ckpt_module
@@ -95,12 +97,7 @@ def _init(dim: int) -> torch.Tensor:
 def _final(out: Path) -> dict:
     tensors, state = load_checkpoint(out, collective=LocalCollective())  # every rank's rows
     book = {k: v for k, v in state["book"].items() if k not in ("wall_seconds", "history_bytes")}
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    for h in history:
-        h.pop("timings")
-    summary = json.loads((out / "summary.json").read_text())
-    for k in ("wall_seconds", "best_path"):
-        summary.pop(k, None)
+    history, summary = run_record(out)
     best = load_file(str(out / "best.safetensors"))
     return {"tensors": tensors, "book": book, "history": history, "summary": summary, "best": best}
 

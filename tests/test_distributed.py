@@ -20,6 +20,7 @@ from swarmkern.distributed import DistributedError, block_owner, launch_env
 from swarmkern.objectives import neg_rastrigin
 from swarmkern.swarm import LocalCollective, Swarm, SwarmConfig, block_partition
 from swarmkern.swarm.checkpoint import load_sharded
+from swarmkern.testing import run_record
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is needed")
@@ -121,13 +122,7 @@ def _reference(out: Path, name: str) -> None:
 
 def _run_record(out: Path) -> dict:
     """Everything a run leaves that must not depend on the world size (timings aside)."""
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    for h in history:
-        h.pop("timings")
-    summary = json.loads((out / "summary.json").read_text())
-    for key in ("wall_seconds", "best_path"):
-        summary.pop(key)
-    summary.pop("command", None)  # how the run was started (one process vs torchrun) is recorded as given
+    history, summary = run_record(out)  # the command (one process vs torchrun) is left out too
     with safe_open(str(out / "best.safetensors"), "pt") as f:
         best = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     tensors, state = load_sharded(out, LocalCollective())

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from swarmkern.swarm import Swarm, SwarmConfig
+from swarmkern.testing import run_record
 
 
 def _build(setup, pool, dtype: str):
@@ -32,12 +33,7 @@ def _config() -> SwarmConfig:
 
 
 def _outputs(out: Path) -> dict:
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    for h in history:
-        h.pop("timings")
-    summary = json.loads((out / "summary.json").read_text())
-    for k in ("wall_seconds", "best_path"):
-        summary.pop(k, None)
+    history, summary = run_record(out)
     return {"history": history, "summary": summary, "reports": json.loads((out / "reports.json").read_text()),
             "best": load_file(str(out / "best" / "adapter_model.safetensors"))}
 
